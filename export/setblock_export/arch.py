@@ -1,0 +1,104 @@
+"""One forward function for every supported architecture, used for training, export and reference.
+
+It reads the weights of a Hugging Face ``*ForCausalLM`` module and computes the decoder with an
+explicit additive attention mask and explicit position ids, which is what SBD needs (the block
+mask is not causal). ``tests/test_arch.py`` checks it against the Hugging Face forward.
+
+KV layout (the model-format contract): sequence-major ``[batch, seq, kv_heads, head_dim]``; the
+presents hold only the positions of this forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    """The checkpoint's architecture is not one the exporter knows."""
+
+
+def architecture_of(model: nn.Module) -> str:
+    """The HF class name, checked against SUPPORTED (clear error otherwise)."""
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        raise UnsupportedArchitecture(
+            f"architecture {name} is not supported; supported: {', '.join(sorted(SUPPORTED))}"
+        )
+    return name
+
+
+def dims(config) -> tuple[int, int, int, int]:  # noqa: ANN001 - any HF config
+    """(layers, heads, kv_heads, head_dim)."""
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, heads, kv, head_dim
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    mask: torch.Tensor,
+    past: list[KV] | None = None,
+    *,
+    sdpa: bool = False,
+) -> tuple[torch.Tensor, list[KV]]:
+    """Logits ``[B, S, V]`` and presents (new positions only, ``[B, S, kv_heads, head_dim]``).
+
+    ``mask`` is additive, ``[B, 1, S, past + S]``: 0 where a query may attend, a large negative
+    number where it may not. ``past`` is a list of (key, value) ``[B, past, kv_heads, head_dim]``.
+    """
+    inner = model.model
+    _, heads, kv_heads, head_dim = dims(model.config)
+    h = inner.embed_tokens(input_ids)
+    cos, sin = inner.rotary_emb(h, position_ids)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    b, s = input_ids.shape
+    presents: list[KV] = []
+    for i, layer in enumerate(inner.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(b, s, heads, head_dim)
+        k = attn.k_proj(x).view(b, s, kv_heads, head_dim)
+        v = attn.v_proj(x).view(b, s, kv_heads, head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        presents.append((k.transpose(1, 2), v))
+        v = v.transpose(1, 2)
+        if past is not None:
+            pk, pv = past[i]
+            k = torch.cat([pk.transpose(1, 2), k], dim=2)
+            v = torch.cat([pv.transpose(1, 2), v], dim=2)
+        if kv_heads != heads:
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+            v = v.repeat_interleave(heads // kv_heads, dim=1)
+        scale = head_dim**-0.5
+        if sdpa:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
+            o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+        o = o.transpose(1, 2).reshape(b, s, heads * head_dim)
+        h = h + attn.o_proj(o)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(inner.norm(h)), presents

@@ -1,0 +1,191 @@
+"""The reference decoder: NTP greedy and SBD with the EB-Sampler (method doc sections 3-4).
+
+Plain and obviously correct on purpose: it is the oracle the Rust runtime is tested against.
+Greedy values (first maximum on ties, the mask token never chosen); entropies in float64 from the
+untempered softmax over the vocabulary without the mask token; slots sorted by entropy, ties by
+slot index; the block ends at the first revealed EOS (later slots are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import arch
+from .masks import additive, step_allowed
+
+
+class TorchBackend:
+    """Forward through PyTorch (arch.forward) on a HF checkpoint."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+    def __call__(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray, past: list[np.ndarray]):  # noqa: ANN204
+        pairs = [(torch.from_numpy(past[2 * i]), torch.from_numpy(past[2 * i + 1])) for i in range(len(past) // 2)]
+        with torch.no_grad():
+            logits, presents = arch.forward(
+                self.model, torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(mask), pairs
+            )
+        return logits.numpy(), [t.numpy() for kv in presents for t in kv]
+
+
+class OnnxBackend:
+    """Forward through the folder's model.onnx with onnxruntime (CPU)."""
+
+    def __init__(self, folder: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.sess.get_inputs()]
+
+    def __call__(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray, past: list[np.ndarray]):  # noqa: ANN204
+        feed = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+        for name, t in zip(self.names[3:], past, strict=True):
+            feed[name] = t
+        out = self.sess.run(None, feed)
+        return out[0], out[1:]
+
+
+@dataclass
+class Result:
+    """Generated tokens and the number of forward passes (prefill included)."""
+
+    tokens: list[int]
+    forwards: int
+    per_forward: list[int] = field(default_factory=list)  # slots revealed per forward (SBD)
+
+
+class Reference:
+    """A model folder's manifest + tokenizer + a forward backend."""
+
+    def __init__(self, folder: Path, backend) -> None:  # noqa: ANN001
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.m = json.loads((self.folder / "setblock.json").read_text())
+        self.tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.backend = backend
+
+    @classmethod
+    def load(cls, folder: Path, onnx: bool = True, checkpoint: Path | None = None) -> Reference:
+        """ONNX backend, or PyTorch on ``checkpoint`` (default: the folder's source checkpoint)."""
+        folder = Path(folder)
+        if onnx:
+            return cls(folder, OnnxBackend(folder))
+        m = json.loads((folder / "setblock.json").read_text())
+        return cls(folder, TorchBackend(checkpoint or Path(m["provenance"]["source_checkpoint"])))
+
+    # -- cache ---------------------------------------------------------------------------------
+    def empty_cache(self) -> list[np.ndarray]:
+        """Per layer key and value, ``[1, 0, kv_heads, head_dim]``."""
+        shape = (1, 0, self.m["num_kv_heads"], self.m["head_dim"])
+        return [np.zeros(shape, np.float32) for _ in range(2 * self.m["num_layers"])]
+
+    def step(self, cache: list[np.ndarray], causal: list[int], block: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One forward: ``causal`` clean tokens (their K/V returned) then ``block`` slots."""
+        past = cache[0].shape[1]
+        ids = np.array([causal + block], dtype=np.int64)
+        pos = np.arange(past, past + ids.shape[1], dtype=np.int64)[None]
+        mask = additive(step_allowed(past, len(causal), len(block))).numpy()
+        logits, presents = self.backend(ids, pos, mask, cache)
+        return logits[0], presents
+
+    @staticmethod
+    def commit(cache: list[np.ndarray], presents: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """Append the first ``n`` positions of the presents (the clean tokens) to the cache."""
+        return [np.concatenate([c, p[:, :n]], axis=1) for c, p in zip(cache, presents, strict=True)]
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _greedy(self, row: np.ndarray) -> int:
+        row = row.astype(np.float64).copy()
+        row[self.m["mask_token_id"]] = -np.inf
+        return int(np.argmax(row))
+
+    def _entropy(self, row: np.ndarray) -> float:
+        row = row.astype(np.float64).copy()
+        row[self.m["mask_token_id"]] = -np.inf
+        z = row - row.max()
+        p = np.exp(z)
+        p /= p.sum()
+        nz = p > 0
+        return float(-(p[nz] * np.log(p[nz])).sum())
+
+    def ntp(self, prompt: list[int], max_new: int) -> Result:
+        """One token per forward."""
+        eos = set(self.m["eos_token_ids"])
+        cache = self.empty_cache()
+        logits, presents = self.step(cache, prompt, [])
+        cache = self.commit(cache, presents, len(prompt))
+        out, forwards = [], 1
+        while True:
+            t = self._greedy(logits[-1])
+            out.append(t)
+            if t in eos or len(out) >= max_new:
+                return Result(out, forwards)
+            logits, presents = self.step(cache, [t], [])
+            cache = self.commit(cache, presents, 1)
+            forwards += 1
+
+    def sbd(self, prompt: list[int], block_size: int, gamma: float, max_new: int) -> Result:
+        """The SBD block loop with the EB-Sampler (entropy order)."""
+        eos = set(self.m["eos_token_ids"])
+        mask_id = self.m["mask_token_id"]
+        cache = self.empty_cache()
+        pending, out, forwards, per_forward = list(prompt), [], 0, []
+        while len(out) < max_new:
+            k = min(block_size, max_new - len(out))
+            block = [mask_id] * k
+            revealed = [False] * k
+            end = k  # slots at or after `end` are dropped (after an EOS)
+            while True:
+                todo = [i for i in range(end) if not revealed[i]]
+                if not todo:
+                    break
+                logits, presents = self.step(cache, pending, block[:end])
+                forwards += 1
+                if pending:
+                    cache = self.commit(cache, presents, len(pending))
+                    pending = []
+                rows = logits[-end:] if end else logits[:0]
+                ent = sorted((self._entropy(rows[i]), i) for i in todo)
+                chosen, acc = [ent[0][1]], ent[0][0]
+                for h, i in ent[1:]:
+                    if acc > gamma:
+                        break
+                    chosen.append(i)
+                    acc += h
+                for i in chosen:
+                    block[i] = self._greedy(rows[i])
+                    revealed[i] = True
+                per_forward.append(len(chosen))
+                for i in range(end):
+                    if revealed[i] and block[i] in eos:
+                        end = i + 1
+                        break
+            block = block[:end]
+            out += block
+            if any(t in eos for t in block):
+                break
+            pending = block
+        return Result(out, forwards, per_forward)
+
+    def generate_text(self, prompt: str, *, mode: str, block_size: int, gamma: float, max_new_tokens: int) -> dict:
+        """Render the prompt as is (no chat template), decode, and return a JSON-able summary."""
+        ids = self.tok.encode(prompt, add_special_tokens=False).ids
+        bos = self.m.get("bos_token_id")
+        if bos is not None:
+            ids = [bos] + ids
+        if mode == "ntp" or block_size == 1:
+            r = self.ntp(ids, max_new_tokens)
+        else:
+            r = self.sbd(ids, block_size, gamma, max_new_tokens)
+        return {"text": self.tok.decode(r.tokens), "tokens": r.tokens, "forwards": r.forwards}

@@ -1,0 +1,218 @@
+"""`export`: Hugging Face checkpoint -> SBD model folder (see docs/model-format.md).
+
+The folder is written to a temporary sibling and renamed at the end, so a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import FORMAT_VERSION, arch
+
+IO = {
+    "input_ids": "input_ids",
+    "position_ids": "position_ids",
+    "attention_mask": "attention_mask",
+    "past_key": "past_key_values.%d.key",
+    "past_value": "past_key_values.%d.value",
+    "logits": "logits",
+    "present_key": "present.%d.key",
+    "present_value": "present.%d.value",
+}
+RESERVED_MASK_CANDIDATES = ("<|mask|>", "<mask>", "[MASK]", "<|reserved_special_token_0|>")
+
+
+class ExportError(ValueError):
+    """The checkpoint cannot be exported as asked."""
+
+
+class _Graph(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask, past):  # noqa: ANN001, ANN202
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, presents = arch.forward(self.model, input_ids, position_ids, attention_mask, pairs)
+        return (logits, *[t for kv in presents for t in kv])
+
+
+def find_mask_token(tok, model: nn.Module, add: bool) -> tuple[int, str]:  # noqa: ANN001
+    """The tokenizer's mask token, a reserved one, or (with ``add``) a new ``<|mask|>`` row."""
+    if tok.mask_token_id is not None:
+        return tok.mask_token_id, "tokenizer mask token"
+    vocab = tok.get_vocab()
+    for cand in RESERVED_MASK_CANDIDATES:
+        if cand in vocab:
+            return vocab[cand], f"reserved token {cand}"
+    if not add:
+        rows = model.get_input_embeddings().weight.shape[0]
+        raise ExportError(
+            f"no room for a mask token: the tokenizer has {len(tok)} tokens and the embedding {rows} rows, "
+            "and none is a mask or reserved token; pass --add-mask-token to add <|mask|> (then fine-tune with SBD)"
+        )
+    tok.add_special_tokens({"mask_token": "<|mask|>"})
+    new_id = tok.mask_token_id
+    emb = model.get_input_embeddings().weight
+    if new_id >= emb.shape[0]:
+        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
+        with torch.no_grad():  # deterministic row: the mean embedding
+            model.get_input_embeddings().weight[new_id] = emb[:new_id].mean(0)
+    return new_id, "added <|mask|>"
+
+
+def export_folder(
+    checkpoint: Path,
+    out: Path,
+    *,
+    quantize: str = "none",
+    block_sizes: list[int] | None = None,
+    gammas: list[float] | None = None,
+    add_mask_token: bool = False,
+) -> Path:
+    """Export ``checkpoint`` to the model folder ``out``."""
+    out = Path(out)
+    if out.exists():
+        raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise ExportError(f"{checkpoint} is not a Hugging Face checkpoint (no config.json)")
+    if not any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ExportError(
+            f"{checkpoint} has no tokenizer (tokenizer.json); copy the base model's tokenizer files there"
+        )
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    name = arch.architecture_of(model)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    if tok.backend_tokenizer is None:
+        raise ExportError(f"{checkpoint}: the tokenizer has no tokenizer.json form; the runtime needs one")
+    mask_id, mask_source = find_mask_token(tok, model, add_mask_token)
+    bs = block_sizes or [2, 16]
+    gm = gammas or [0.1, 0.35]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _export_graph(model: nn.Module, path: Path) -> None:
+    layers, _, kv_heads, head_dim = arch.dims(model.config)
+    b, s, p = 2, 5, 3  # never 0 or 1: the dynamo exporter would specialise them
+    ids = torch.randint(0, model.config.vocab_size, (b, s))
+    pos = torch.arange(p, p + s).repeat(b, 1)
+    mask = torch.zeros(b, 1, s, p + s)
+    past = [torch.randn(b, p, kv_heads, head_dim) for _ in range(2 * layers)]
+    auto = torch.export.Dim.AUTO
+    dyn = (
+        {0: auto, 1: auto},
+        {0: auto, 1: auto},
+        {0: auto, 2: auto, 3: auto},
+        [{0: auto, 1: auto} for _ in past],
+    )
+    names_in = ["input_ids", "position_ids", "attention_mask"]
+    names_out = ["logits"]
+    for i in range(layers):
+        names_in += [IO["past_key"] % i, IO["past_value"] % i]
+        names_out += [IO["present_key"] % i, IO["present_value"] % i]
+    big = sum(t.numel() * 4 for t in model.parameters()) > 1_500_000_000
+    with torch.no_grad():
+        prog = torch.onnx.export(
+            _Graph(model).eval(),
+            (ids, pos, mask, past),
+            dynamo=True,
+            opset_version=18,
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_shapes=dyn,
+            verbose=False,
+        )
+    prog.save(str(path), external_data=big)
+
+
+def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm) -> None:  # noqa: ANN001, PLR0913
+    cfg = model.config
+    layers, heads, kv_heads, head_dim = arch.dims(cfg)
+    graph = tmp / "model.onnx"
+    if quantize == "none":
+        _export_graph(model, graph)
+    else:
+        raw = tmp / "fp32.onnx"
+        _export_graph(model, raw)
+        _quantize(raw, graph, quantize)
+        for f in tmp.glob("fp32.onnx*"):
+            f.unlink()
+    tok.save_pretrained(tmp)
+    # The runtime reads the chat template from tokenizer_config.json.
+    tc_path = tmp / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+    if tok.chat_template:
+        tc["chat_template"] = tok.chat_template
+    tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False))
+    for f in ("chat_template.jinja", "special_tokens_map.json"):
+        (tmp / f).unlink(missing_ok=True)
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else tok.eos_token_id
+    eos_ids = sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
+        eos_ids.append(tok.eos_token_id)
+    prov_path = checkpoint / "setblock_train.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"base_model": str(checkpoint), "runs": []}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "architecture": name,
+        "num_layers": layers,
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": model.get_input_embeddings().weight.shape[0],
+        "mask_token_id": mask_id,
+        "mask_token_source": mask_source,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_ids": eos_ids,
+        "pad_token_id": tok.pad_token_id,
+        "max_positions": cfg.max_position_embeddings,
+        "block_sizes": {"min": bs[0], "max": bs[-1]},
+        "gamma": {"low": gm[0], "high": gm[1]},
+        "dtype": "float32",
+        "quantization": quantize,
+        "kv_layout": "sequence-major",
+        "io": IO,
+        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json"},
+        "provenance": {
+            **prov,
+            "source_checkpoint": str(checkpoint),
+            "exported": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    (tmp / "setblock.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _quantize(src: Path, dst: Path, kind: str) -> None:
+    if kind == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    elif kind == "int4":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=True)
+        q.process()
+        q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    else:
+        raise ExportError(f"--quantize {kind}: choose none, int8 or int4")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One-time set-up, idempotent and quick the second time:
+#   1. the pinned ONNX Runtime shared library -> .setblock/onnxruntime/ (from the PyPI wheel,
+#      version + sha256 checked), which the runtime finds by itself;
+#   2. the Python environment of export/ -> .venv (only with --python).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+ORT_VERSION=1.32.0
+case "$(uname -m)" in
+  x86_64) plat=manylinux_2_28_x86_64; wheel_sha=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d ;;
+  aarch64) plat=manylinux_2_28_aarch64; wheel_sha=2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c ;;
+  *) echo "setup: no pinned ONNX Runtime for $(uname -m); set ORT_DYLIB_PATH to a libonnxruntime >= 1.22" >&2; exit 2 ;;
+esac
+lib=".setblock/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$lib" ]; then
+  echo "setup: fetching ONNX Runtime $ORT_VERSION ($plat) from PyPI"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform "$plat" -d "$tmp" "onnxruntime==$ORT_VERSION"
+  whl=$(ls "$tmp"/onnxruntime-*.whl)
+  echo "$wheel_sha  $whl" | sha256sum -c --quiet - || { echo "setup: checksum mismatch for $whl" >&2; exit 2; }
+  python3 - "$whl" "$tmp" <<'PY'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2], [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/capi/libonnxruntime" in n])
+PY
+  mkdir -p .setblock/onnxruntime
+  cp "$tmp"/onnxruntime/capi/libonnxruntime* .setblock/onnxruntime/
+  ln -sf "libonnxruntime.so.$ORT_VERSION" .setblock/onnxruntime/libonnxruntime.so
+fi
+
+if [ "${1:-}" = "--python" ]; then
+  stamp=.venv/.requirements.sha256
+  want=$(sha256sum export/requirements.txt | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: creating the Python environment .venv (first time: torch is about 3 GB)"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet -r export/requirements.txt
+    .venv/bin/pip install --quiet -e export --no-deps
+    echo "$want" > "$stamp"
+  fi
+fi
