@@ -1,0 +1,286 @@
+//! The loops: NTP (one token per forward) and SBD (the block loop of method doc section 3).
+//!
+//! Invariant: `context` holds every token of the conversation; `cache` holds the K/V of its first
+//! `cache.len()` tokens, all clean. The tokens after that ("pending": the new prompt, or the last
+//! finished block) are fed causally in the next forward, which commits them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ort::session::RunOptions;
+
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{Model, StepBuffers};
+use crate::sample::{entropy_confidence, Sampler};
+use crate::select::{select, Selection, SlotScore};
+use crate::stream::{Detokenizer, Event, Stats, StopReason};
+
+/// NTP or SBD decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One token per forward from the NTP logits: the baseline.
+    Ntp,
+    /// Set Block Decoding.
+    Sbd,
+}
+
+/// Everything a decode loop borrows.
+pub(crate) struct Decoder<'a> {
+    pub model: &'a Model,
+    pub cache: &'a mut KvCache,
+    pub context: &'a mut Vec<u32>,
+    pub buf: &'a mut StepBuffers,
+    pub input: &'a mut Vec<u32>,
+    pub scores: &'a mut Vec<SlotScore>,
+    pub sampler: Sampler,
+    pub detok: Detokenizer,
+    pub run: &'a RunOptions,
+    pub cancelled: &'a AtomicBool,
+}
+
+/// Output of a loop: the generated tokens (also appended to `context`) and the stats.
+pub(crate) struct Decoded {
+    pub tokens: Vec<u32>,
+    pub stats: Stats,
+}
+
+struct Clock {
+    start: Instant,
+    prefill_ms: f64,
+    first_ms: Option<f64>,
+    forwards: usize,
+    prompt_tokens: usize,
+}
+
+impl Clock {
+    fn ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+}
+
+impl Decoder<'_> {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// One forward over `self.input`; maps an aborted run to `Ok(false)`.
+    fn forward(
+        &mut self,
+        causal: usize,
+        keep: usize,
+        clock: &mut Clock,
+        on: &mut dyn FnMut(&Event),
+    ) -> Result<bool> {
+        let r = self
+            .model
+            .forward(self.cache, self.input, causal, keep, self.buf, self.run);
+        if let Err(e) = r {
+            return if self.is_cancelled() {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        clock.forwards += 1;
+        if clock.forwards == 1 {
+            clock.prefill_ms = clock.ms();
+            on(&Event::PrefillDone {
+                prompt_tokens: clock.prompt_tokens,
+                elapsed_ms: clock.prefill_ms,
+            });
+        }
+        Ok(true)
+    }
+
+    fn pending_into_input(&mut self) -> usize {
+        self.input.clear();
+        self.input
+            .extend_from_slice(&self.context[self.cache.len()..]);
+        self.input.len()
+    }
+
+    /// Commit `block` to the context and stream it; returns a stop reason when it ends the generation.
+    fn emit(
+        &mut self,
+        block: &[u32],
+        forwards: usize,
+        out: &mut Vec<u32>,
+        clock: &mut Clock,
+        on: &mut dyn FnMut(&Event),
+    ) -> Option<StopReason> {
+        self.context.extend_from_slice(block);
+        out.extend_from_slice(block);
+        let (text, stopped) = self.detok.push(&self.model.tokenizer, block);
+        if clock.first_ms.is_none() {
+            clock.first_ms = Some(clock.ms());
+        }
+        on(&Event::Block {
+            tokens: block.to_vec(),
+            text,
+            forwards,
+        });
+        let eos = &self.model.manifest.eos_token_ids;
+        if stopped {
+            Some(StopReason::StopString)
+        } else if block.iter().any(|t| eos.contains(t)) {
+            Some(StopReason::Eos)
+        } else {
+            None
+        }
+    }
+
+    fn finish(
+        mut self,
+        out: Vec<u32>,
+        reason: StopReason,
+        clock: Clock,
+        on: &mut dyn FnMut(&Event),
+    ) -> Decoded {
+        let tail = self.detok.finish();
+        if !tail.is_empty() {
+            on(&Event::Block {
+                tokens: Vec::new(),
+                text: tail,
+                forwards: 0,
+            });
+        }
+        let total = clock.ms();
+        let decode_ms = total - clock.prefill_ms;
+        let stats = Stats {
+            prompt_tokens: clock.prompt_tokens,
+            generated_tokens: out.len(),
+            forward_passes: clock.forwards,
+            tokens_per_forward: if clock.forwards > 0 {
+                out.len() as f64 / clock.forwards as f64
+            } else {
+                0.0
+            },
+            prefill_ms: clock.prefill_ms,
+            time_to_first_token_ms: clock.first_ms.unwrap_or(total),
+            decode_tokens_per_s: if decode_ms > 0.0 {
+                out.len() as f64 / decode_ms * 1e3
+            } else {
+                0.0
+            },
+            total_ms: total,
+            stop_reason: reason,
+        };
+        on(&Event::Finished(stats.clone()));
+        Decoded { tokens: out, stats }
+    }
+
+    fn start_clock(&self) -> Result<Clock> {
+        let prompt_tokens = self.context.len() - self.cache.len();
+        if prompt_tokens == 0 {
+            return Err(Error::InvalidOption {
+                option: "prompt",
+                value: "\"\"".into(),
+                constraint:
+                    "is empty and the session holds no pending tokens: give at least one token"
+                        .into(),
+            });
+        }
+        Ok(Clock {
+            start: Instant::now(),
+            prefill_ms: 0.0,
+            first_ms: None,
+            forwards: 0,
+            prompt_tokens,
+        })
+    }
+
+    /// NTP: one token per forward.
+    pub fn ntp(mut self, max_new: usize, on: &mut dyn FnMut(&Event)) -> Result<Decoded> {
+        let mut clock = self.start_clock()?;
+        let mask_id = self.model.manifest.mask_token_id;
+        let mut out = Vec::with_capacity(max_new);
+        let mut block = [0u32; 1];
+        loop {
+            if self.is_cancelled() {
+                return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+            }
+            let causal = self.pending_into_input();
+            if !self.forward(causal, 1, &mut clock, on)? {
+                return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+            }
+            block[0] = self.sampler.choose(&self.buf.logits, mask_id, self.context);
+            if let Some(reason) = self.emit(&block, 1, &mut out, &mut clock, on) {
+                return Ok(self.finish(out, reason, clock, on));
+            }
+            if out.len() >= max_new {
+                return Ok(self.finish(out, StopReason::MaxTokens, clock, on));
+            }
+        }
+    }
+
+    /// SBD: blocks of `k` slots, revealed by `rule`.
+    pub fn sbd(
+        mut self,
+        k: usize,
+        rule: Selection,
+        max_new: usize,
+        on: &mut dyn FnMut(&Event),
+    ) -> Result<Decoded> {
+        let mut clock = self.start_clock()?;
+        let model = self.model;
+        let m = &model.manifest;
+        let (mask_id, vocab) = (m.mask_token_id, m.vocab_size);
+        let eos = &m.eos_token_ids;
+        let mut out = Vec::with_capacity(max_new);
+        let mut block: Vec<u32> = Vec::with_capacity(k);
+        let mut revealed: Vec<bool> = Vec::with_capacity(k);
+        while out.len() < max_new {
+            let kk = k.min(max_new - out.len());
+            block.clear();
+            block.resize(kk, mask_id);
+            revealed.clear();
+            revealed.resize(kk, false);
+            let mut end = kk;
+            let mut forwards = 0;
+            loop {
+                if !revealed[..end].contains(&false) {
+                    break;
+                }
+                if self.is_cancelled() {
+                    return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                }
+                let causal = self.pending_into_input();
+                self.input.extend_from_slice(&block[..end]);
+                if !self.forward(causal, end, &mut clock, on)? {
+                    return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                }
+                forwards += 1;
+                self.scores.clear();
+                for (slot, _) in revealed[..end].iter().enumerate().filter(|(_, r)| !**r) {
+                    let (entropy, confidence) = entropy_confidence(
+                        &self.buf.logits[slot * vocab..(slot + 1) * vocab],
+                        mask_id,
+                    );
+                    self.scores.push(SlotScore {
+                        slot,
+                        entropy,
+                        confidence,
+                    });
+                }
+                let n = select(rule, self.scores);
+                for i in 0..n {
+                    let slot = self.scores[i].slot;
+                    block[slot] = self.sampler.choose(
+                        &self.buf.logits[slot * vocab..(slot + 1) * vocab],
+                        mask_id,
+                        self.context,
+                    );
+                    revealed[slot] = true;
+                }
+                if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
+                    end = i + 1;
+                }
+            }
+            if let Some(reason) = self.emit(&block[..end], forwards, &mut out, &mut clock, on) {
+                return Ok(self.finish(out, reason, clock, on));
+            }
+        }
+        Ok(self.finish(out, StopReason::MaxTokens, clock, on))
+    }
+}

@@ -1,0 +1,91 @@
+//! The exact KV cache: preallocated once, append-only, sequence-major.
+//!
+//! Layout per layer: `[max_context, kv_heads, head_dim]` float32 for keys and values, so the
+//! first `len` positions are one contiguous slice that is handed to ONNX Runtime as the past
+//! without a copy. Only clean tokens are ever committed (never a block slot's K/V).
+
+/// Preallocated key/value storage for every layer.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+    row: usize,
+}
+
+impl KvCache {
+    /// Allocate `capacity` positions for `layers` layers of `kv_heads * head_dim` floats.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+        let row = kv_heads * head_dim;
+        KvCache {
+            keys: (0..layers).map(|_| vec![0.0; capacity * row]).collect(),
+            values: (0..layers).map(|_| vec![0.0; capacity * row]).collect(),
+            len: 0,
+            capacity,
+            row,
+        }
+    }
+
+    /// Positions committed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is committed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held (both K and V, all layers).
+    pub fn bytes(&self) -> usize {
+        2 * self.keys.len() * self.capacity * self.row * std::mem::size_of::<f32>()
+    }
+
+    /// The committed keys of `layer`: `[len, kv_heads, head_dim]`.
+    pub fn past_keys(&self, layer: usize) -> &[f32] {
+        &self.keys[layer][..self.len * self.row]
+    }
+
+    /// The committed values of `layer`.
+    pub fn past_values(&self, layer: usize) -> &[f32] {
+        &self.values[layer][..self.len * self.row]
+    }
+
+    /// Append the first `n` positions of this forward's presents (`[seq, kv_heads, head_dim]`).
+    /// The caller commits each layer, then calls [`KvCache::advance`] once.
+    pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32], n: usize) {
+        let (start, count) = (self.len * self.row, n * self.row);
+        self.keys[layer][start..start + count].copy_from_slice(&keys[..count]);
+        self.values[layer][start..start + count].copy_from_slice(&values[..count]);
+    }
+
+    /// Mark `n` written positions as committed.
+    pub fn advance(&mut self, n: usize) {
+        assert!(
+            self.len + n <= self.capacity,
+            "KV cache overflow: checked before decoding"
+        );
+        self.len += n;
+    }
+
+    /// Forget everything from position `len` on (exact: a position's K/V depends only on earlier tokens).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Empty the cache (the memory stays allocated).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Floats per position per layer (`kv_heads * head_dim`).
+    pub fn row(&self) -> usize {
+        self.row
+    }
+}

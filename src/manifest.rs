@@ -1,0 +1,239 @@
+//! The model folder's manifest (`setblock.json`, docs/model-format.md): schema and validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The manifest format version this runtime reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The inclusive range of block sizes the model was trained with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockSizes {
+    /// Smallest trained block size.
+    pub min: usize,
+    /// Largest trained block size.
+    pub max: usize,
+}
+
+/// The recommended EB-Sampler entropy budgets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Gammas {
+    /// Quality-first budget.
+    pub low: f64,
+    /// Speed-first budget.
+    pub high: f64,
+}
+
+/// Input and output names of the graph (`%d` stands for the layer index).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoNames {
+    /// int64 `[batch, seq]`.
+    pub input_ids: String,
+    /// int64 `[batch, seq]`.
+    pub position_ids: String,
+    /// float32 additive `[batch, 1, seq, past + seq]`.
+    pub attention_mask: String,
+    /// `[batch, past, kv_heads, head_dim]`.
+    pub past_key: String,
+    /// `[batch, past, kv_heads, head_dim]`.
+    pub past_value: String,
+    /// `[batch, seq, vocab]`.
+    pub logits: String,
+    /// `[batch, seq, kv_heads, head_dim]`: this forward's positions only.
+    pub present_key: String,
+    /// `[batch, seq, kv_heads, head_dim]`: this forward's positions only.
+    pub present_value: String,
+}
+
+impl IoNames {
+    /// Replace `%d` with the layer index.
+    pub fn layer(pattern: &str, layer: usize) -> String {
+        pattern.replace("%d", &layer.to_string())
+    }
+}
+
+/// File names inside the folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Files {
+    /// The ONNX graph.
+    pub model: String,
+    /// The Hugging Face `tokenizer.json`.
+    pub tokenizer: String,
+}
+
+/// `setblock.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The Hugging Face architecture it was exported from.
+    pub architecture: String,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head dimension.
+    pub head_dim: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Rows of the embedding / columns of the logits.
+    pub vocab_size: usize,
+    /// The mask token `m` of SBD.
+    pub mask_token_id: u32,
+    /// Prepended to raw prompts when set.
+    pub bos_token_id: Option<u32>,
+    /// Any of these ends a generation.
+    pub eos_token_ids: Vec<u32>,
+    /// Padding id (unused by batch-1 decoding).
+    pub pad_token_id: Option<u32>,
+    /// Positions the model was trained for.
+    pub max_positions: usize,
+    /// Block sizes the model was trained with.
+    pub block_sizes: BlockSizes,
+    /// Recommended gamma values.
+    pub gamma: Gammas,
+    /// Weight dtype of the export.
+    pub dtype: String,
+    /// `none`, `int8` or `int4`.
+    #[serde(default = "none")]
+    pub quantization: String,
+    /// Must be `sequence-major`.
+    pub kv_layout: String,
+    /// Graph I/O names.
+    pub io: IoNames,
+    /// File names.
+    pub files: Files,
+    /// Free-form: base model, data, steps, dates.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+impl Manifest {
+    /// Read and validate `dir/setblock.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        if !dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: dir.to_path_buf(),
+                what: "the model folder",
+                hint: "pass --model / LoadOptions with a folder made by `python -m setblock_export export`",
+            });
+        }
+        let path = dir.join("setblock.json");
+        let text = std::fs::read_to_string(&path).map_err(|_| Error::MissingFile {
+            path: path.clone(),
+            what: "setblock.json (the manifest)",
+            hint: "export the model with `python -m setblock_export export`, which writes it",
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Manifest {
+                path: path.clone(),
+                message: format!("not valid JSON: {e}"),
+            })?;
+        if let Some(v) = value.get("format_version").and_then(|v| v.as_u64()) {
+            if v != u64::from(FORMAT_VERSION) {
+                return Err(Error::UnsupportedFormat {
+                    path,
+                    found: v as u32,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        m.validate(&path)?;
+        Ok(m)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |message: String| Error::Manifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.num_layers == 0
+            || self.num_kv_heads == 0
+            || self.head_dim == 0
+            || self.vocab_size == 0
+        {
+            return Err(bad(
+                "num_layers, num_kv_heads, head_dim and vocab_size must be positive".into(),
+            ));
+        }
+        if self.mask_token_id as usize >= self.vocab_size {
+            return Err(bad(format!(
+                "mask_token_id {} is outside the vocabulary (vocab_size {})",
+                self.mask_token_id, self.vocab_size
+            )));
+        }
+        if self.eos_token_ids.is_empty() {
+            return Err(bad(
+                "eos_token_ids is empty: a generation could never end at EOS".into(),
+            ));
+        }
+        for &id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
+            if id as usize >= self.vocab_size {
+                return Err(bad(format!(
+                    "token id {id} (bos/eos) is outside the vocabulary (vocab_size {})",
+                    self.vocab_size
+                )));
+            }
+        }
+        if self.eos_token_ids.contains(&self.mask_token_id) {
+            return Err(bad(format!(
+                "mask_token_id {} is also an EOS id",
+                self.mask_token_id
+            )));
+        }
+        if self.block_sizes.min < 1 || self.block_sizes.min > self.block_sizes.max {
+            return Err(bad(format!(
+                "block_sizes {{min: {}, max: {}}}: need 1 <= min <= max",
+                self.block_sizes.min, self.block_sizes.max
+            )));
+        }
+        if self.max_positions < 2 {
+            return Err(bad(format!(
+                "max_positions {} is too small",
+                self.max_positions
+            )));
+        }
+        if self.kv_layout != "sequence-major" {
+            return Err(bad(format!(
+                "kv_layout {:?} is not supported; this runtime reads \"sequence-major\" ([batch, past, kv_heads, head_dim])",
+                self.kv_layout
+            )));
+        }
+        for (name, p) in [
+            ("past_key", &self.io.past_key),
+            ("past_value", &self.io.past_value),
+            ("present_key", &self.io.present_key),
+            ("present_value", &self.io.present_value),
+        ] {
+            if !p.contains("%d") {
+                return Err(bad(format!(
+                    "io.{name} {p:?} must contain %d (the layer index)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of K and V for one cached position across all layers (float32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// The folder-relative path of a file.
+    pub fn file(dir: &Path, name: &str) -> PathBuf {
+        dir.join(name)
+    }
+}

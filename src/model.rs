@@ -1,0 +1,447 @@
+//! `Model` = graph + tokenizer + manifest, loaded once and shared across threads (`Arc<Model>`).
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::value::TensorRef;
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::chat::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::manifest::{IoNames, Manifest};
+use crate::mask;
+use crate::ort_env::{self, ExecutionProvider, ProfileShapes};
+
+/// Default cap on the KV cache: a model's full context preallocated by default is how peers'
+/// users run out of memory.
+pub const DEFAULT_MAX_CONTEXT: usize = 2048;
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Positions the KV cache holds (default: min(model limit, 2048)).
+    pub max_context: Option<usize>,
+    /// Intra-op threads (default: ONNX Runtime's choice).
+    pub threads: Option<usize>,
+    /// Providers in order of preference (default: CPU).
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// Explicit path to libonnxruntime (see `ort_env` for the discovery order).
+    pub ort_library: Option<PathBuf>,
+}
+
+/// What `setblock info` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// The model folder.
+    pub folder: PathBuf,
+    /// Exported architecture.
+    pub architecture: String,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// The model's position limit.
+    pub max_positions: usize,
+    /// The KV cache's capacity (positions).
+    pub max_context: usize,
+    /// KV bytes per session (preallocated).
+    pub kv_cache_bytes: usize,
+    /// KV bytes per position.
+    pub kv_bytes_per_token: usize,
+    /// Size of the graph file(s).
+    pub weights_bytes: u64,
+    /// Providers that run the graph (the last is the CPU fallback for unsupported nodes).
+    pub execution_providers: Vec<String>,
+    /// Library in use.
+    pub ort_library: PathBuf,
+    /// Trained block sizes.
+    pub block_sizes: (usize, usize),
+    /// Recommended gammas (low, high).
+    pub gamma: (f64, f64),
+    /// Weight quantization of the export.
+    pub quantization: String,
+    /// Whether a chat template is applied by default.
+    pub chat_template: bool,
+    /// Mask token id.
+    pub mask_token_id: u32,
+}
+
+/// Reusable buffers of one forward (owned by a session: no per-forward growth once warm).
+#[derive(Debug, Default)]
+pub struct StepBuffers {
+    ids: Vec<i64>,
+    pos: Vec<i64>,
+    mask: Vec<f32>,
+    /// Logits rows kept from the last forward (`rows * vocab`).
+    pub logits: Vec<f32>,
+}
+
+/// A loaded SBD model.
+pub struct Model {
+    /// The folder it came from.
+    pub folder: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    pub(crate) template: Option<ChatTemplate>,
+    session: Mutex<Session>,
+    past_names: Vec<(String, String)>,
+    present_names: Vec<(String, String)>,
+    max_context: usize,
+    providers: Vec<String>,
+    ort_library: PathBuf,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("folder", &self.folder)
+            .finish_non_exhaustive()
+    }
+}
+
+fn special(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+fn load_template(dir: &Path) -> Result<Option<ChatTemplate>> {
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+            Error::Tokenizer(format!("{}: not valid JSON: {e}", cfg_path.display()))
+        })?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let source = match cfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
+    match source {
+        Some(src) => Ok(Some(ChatTemplate::new(
+            src,
+            special(cfg.get("bos_token")).unwrap_or_default(),
+            special(cfg.get("eos_token")).unwrap_or_default(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+impl Model {
+    /// Load and validate a model folder.
+    pub fn load(folder: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
+        let dir = folder.as_ref().to_path_buf();
+        let m = Manifest::load(&dir)?;
+        let max_context = opts
+            .max_context
+            .unwrap_or(m.max_positions.min(DEFAULT_MAX_CONTEXT));
+        if max_context < 2 || max_context > m.max_positions {
+            return Err(Error::InvalidOption {
+                option: "max_context",
+                value: max_context.to_string(),
+                constraint: format!(
+                    "must be in [2, {}] (the model's max_positions)",
+                    m.max_positions
+                ),
+            });
+        }
+        if opts.threads == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "threads",
+                value: "0".into(),
+                constraint: "must be >= 1 (leave it unset for ONNX Runtime's default)".into(),
+            });
+        }
+        let tok_path = dir.join(&m.files.tokenizer);
+        if !tok_path.is_file() {
+            return Err(Error::MissingFile {
+                path: tok_path,
+                what: "the tokenizer",
+                hint: "the manifest's files.tokenizer must name a tokenizer.json in the folder",
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let tv = tokenizer.get_vocab_size(true);
+        if tv > m.vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "the tokenizer has {tv} tokens but the model's vocabulary (vocab_size) is {}: they come from different models",
+                m.vocab_size
+            )));
+        }
+        if tokenizer.id_to_token(m.mask_token_id).is_none() {
+            return Err(Error::Tokenizer(format!(
+                "mask_token_id {} is not a token of the tokenizer",
+                m.mask_token_id
+            )));
+        }
+        let template = load_template(&dir)?;
+        let graph = dir.join(&m.files.model);
+        if !graph.is_file() {
+            return Err(Error::MissingFile {
+                path: graph,
+                what: "the ONNX graph",
+                hint: "the manifest's files.model must name the model.onnx in the folder",
+            });
+        }
+        let (lib, env) = ort_env::runtime(opts.ort_library.as_deref())?;
+        let providers = if opts.execution_providers.is_empty() {
+            vec![ExecutionProvider::Cpu]
+        } else {
+            opts.execution_providers.clone()
+        };
+        let shapes = ProfileShapes {
+            manifest: &m,
+            max_context,
+            max_block: m.block_sizes.max,
+        };
+        let (session, used) =
+            ort_env::build_session(env, &graph, opts.threads.unwrap_or(0), &providers, shapes)?;
+        let past_names: Vec<_> = (0..m.num_layers)
+            .map(|l| {
+                (
+                    IoNames::layer(&m.io.past_key, l),
+                    IoNames::layer(&m.io.past_value, l),
+                )
+            })
+            .collect();
+        let present_names: Vec<_> = (0..m.num_layers)
+            .map(|l| {
+                (
+                    IoNames::layer(&m.io.present_key, l),
+                    IoNames::layer(&m.io.present_value, l),
+                )
+            })
+            .collect();
+        check_graph(&session, &m, &graph, &past_names, &present_names)?;
+        Ok(Model {
+            folder: dir,
+            tokenizer,
+            template,
+            session: Mutex::new(session),
+            past_names,
+            present_names,
+            max_context,
+            providers: used,
+            ort_library: lib.clone(),
+            manifest: m,
+        })
+    }
+
+    /// KV cache positions per session.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// True when the folder has a chat template (applied by default).
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// A new, empty KV cache sized to `max_context`.
+    pub fn new_cache(&self) -> KvCache {
+        let m = &self.manifest;
+        KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, self.max_context)
+    }
+
+    /// Facts about the model and its memory budget.
+    pub fn info(&self) -> ModelInfo {
+        let m = &self.manifest;
+        let weights_bytes = std::fs::read_dir(&self.folder)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(m.files.model.as_str())
+                    })
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|md| md.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        ModelInfo {
+            folder: self.folder.clone(),
+            architecture: m.architecture.clone(),
+            layers: m.num_layers,
+            vocab_size: m.vocab_size,
+            max_positions: m.max_positions,
+            max_context: self.max_context,
+            kv_cache_bytes: m.kv_bytes_per_token() * self.max_context,
+            kv_bytes_per_token: m.kv_bytes_per_token(),
+            weights_bytes,
+            execution_providers: self.providers.clone(),
+            ort_library: self.ort_library.clone(),
+            block_sizes: (m.block_sizes.min, m.block_sizes.max),
+            gamma: (m.gamma.low, m.gamma.high),
+            quantization: m.quantization.clone(),
+            chat_template: self.template.is_some(),
+            mask_token_id: m.mask_token_id,
+        }
+    }
+
+    /// One forward: `tokens` = `causal` clean tokens then the block slots, at positions
+    /// `cache.len()..`. The K/V of the clean tokens are committed to `cache`; nothing of the
+    /// block is. The logits of the last `keep_rows` positions are left in `buf.logits`.
+    pub(crate) fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        causal: usize,
+        keep_rows: usize,
+        buf: &mut StepBuffers,
+        run: &RunOptions,
+    ) -> Result<()> {
+        let m = &self.manifest;
+        let past = cache.len();
+        let n = tokens.len();
+        debug_assert!(causal <= n && keep_rows <= n && past + n <= cache.capacity());
+        buf.ids.clear();
+        buf.ids.extend(tokens.iter().map(|&t| i64::from(t)));
+        buf.pos.clear();
+        buf.pos.extend((past..past + n).map(|p| p as i64));
+        mask::fill(&mut buf.mask, past, causal, n - causal);
+        let (kvh, hd) = (m.num_kv_heads, m.head_dim);
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + 2 * m.num_layers);
+        inputs.push((
+            Cow::Borrowed(m.io.input_ids.as_str()),
+            TensorRef::from_array_view(([1, n], &buf.ids[..]))?.into(),
+        ));
+        inputs.push((
+            Cow::Borrowed(m.io.position_ids.as_str()),
+            TensorRef::from_array_view(([1, n], &buf.pos[..]))?.into(),
+        ));
+        inputs.push((
+            Cow::Borrowed(m.io.attention_mask.as_str()),
+            TensorRef::from_array_view(([1, 1, n, past + n], &buf.mask[..]))?.into(),
+        ));
+        for (l, (k, v)) in self.past_names.iter().enumerate() {
+            inputs.push((
+                Cow::Borrowed(k.as_str()),
+                TensorRef::from_array_view(([1, past, kvh, hd], cache.past_keys(l)))?.into(),
+            ));
+            inputs.push((
+                Cow::Borrowed(v.as_str()),
+                TensorRef::from_array_view(([1, past, kvh, hd], cache.past_values(l)))?.into(),
+            ));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session.run_with_options(inputs, run)?;
+        let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
+        let vocab = m.vocab_size;
+        if logits.len() != n * vocab {
+            return Err(Error::Graph {
+                path: self.folder.join(&m.files.model),
+                message: format!(
+                    "logits hold {} values, expected {n} x {vocab}",
+                    logits.len()
+                ),
+            });
+        }
+        buf.logits.clear();
+        buf.logits
+            .extend_from_slice(&logits[(n - keep_rows) * vocab..]);
+        if causal > 0 {
+            for (l, (k, v)) in self.present_names.iter().enumerate() {
+                let (_, keys) = outputs[k.as_str()].try_extract_tensor::<f32>()?;
+                let (_, values) = outputs[v.as_str()].try_extract_tensor::<f32>()?;
+                cache.write(l, keys, values, causal);
+            }
+            cache.advance(causal);
+        }
+        Ok(())
+    }
+}
+
+fn check_graph(
+    session: &Session,
+    m: &Manifest,
+    graph: &Path,
+    past: &[(String, String)],
+    present: &[(String, String)],
+) -> Result<()> {
+    let bad = |message: String| Error::Graph {
+        path: graph.to_path_buf(),
+        message,
+    };
+    let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let mut want_in = vec![
+        m.io.input_ids.as_str(),
+        m.io.position_ids.as_str(),
+        m.io.attention_mask.as_str(),
+    ];
+    want_in.extend(past.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
+    for w in &want_in {
+        if !inputs.contains(w) {
+            return Err(bad(format!(
+                "the manifest names input {w:?} but the graph has none (inputs: {})",
+                inputs.join(", ")
+            )));
+        }
+    }
+    if inputs.len() != want_in.len() {
+        return Err(bad(format!(
+            "the graph has {} inputs but the manifest describes {} ({} layers x 2 past + 3): num_layers disagrees with the graph",
+            inputs.len(),
+            want_in.len(),
+            m.num_layers
+        )));
+    }
+    let mut want_out = vec![m.io.logits.as_str()];
+    want_out.extend(present.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
+    for w in &want_out {
+        if !outputs.contains(w) {
+            return Err(bad(format!(
+                "the manifest names output {w:?} but the graph has none"
+            )));
+        }
+    }
+    for o in session.inputs().iter().chain(session.outputs()) {
+        if let Some(shape) = o.dtype().tensor_shape() {
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let name = o.name();
+            let is_kv = past
+                .iter()
+                .chain(present)
+                .any(|(k, v)| k == name || v == name);
+            if is_kv && dims.len() == 4 {
+                let (h, d) = (dims[2], dims[3]);
+                if (h >= 0 && h as usize != m.num_kv_heads) || (d >= 0 && d as usize != m.head_dim)
+                {
+                    return Err(bad(format!(
+                        "{name} has shape {dims:?} but the manifest says {} kv heads x {} head dim (sequence-major)",
+                        m.num_kv_heads, m.head_dim
+                    )));
+                }
+            }
+            if name == m.io.logits
+                && dims.len() == 3
+                && dims[2] >= 0
+                && dims[2] as usize != m.vocab_size
+            {
+                return Err(bad(format!(
+                    "logits have {} columns but the manifest's vocab_size is {}",
+                    dims[2], m.vocab_size
+                )));
+            }
+        }
+    }
+    Ok(())
+}

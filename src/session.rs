@@ -1,0 +1,342 @@
+//! A conversation with a model: its own KV cache, multi-turn state, generate(), cancel, reset.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ort::session::RunOptions;
+
+use crate::chat::Message;
+use crate::decode::{Decoder, Mode};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{Model, StepBuffers};
+use crate::sample::{Sampler, Sampling};
+use crate::select::{Selection, SlotScore};
+use crate::stream::{Detokenizer, Event, Stats};
+
+/// Options of one generation. `Default` gives SBD with the model's recommended low gamma.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// NTP (baseline) or SBD.
+    pub mode: Mode,
+    /// Block size k in SBD mode (default: min(8, the largest trained)); 1 runs the NTP loop.
+    pub block_size: Option<usize>,
+    /// Slot selection (default: EB-Sampler by entropy at the manifest's low gamma).
+    pub selection: Option<Selection>,
+    /// Token values.
+    pub sampling: Sampling,
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// The generation ends when one of these appears in the text (not shown).
+    pub stop: Vec<String>,
+    /// Render the model's chat template around the prompt (default: when the model has one).
+    pub chat_template: Option<bool>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            mode: Mode::Sbd,
+            block_size: None,
+            selection: None,
+            sampling: Sampling::default(),
+            max_new_tokens: 256,
+            stop: Vec::new(),
+            chat_template: None,
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The generated text (stop string and EOS not included).
+    pub text: String,
+    /// The generated token ids.
+    pub tokens: Vec<u32>,
+    /// Measurements.
+    pub stats: Stats,
+}
+
+/// Stops a generation from any thread: between forwards, and a forward in flight (ONNX Runtime
+/// run options). The session stays usable.
+#[derive(Clone)]
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+    run: Arc<RunOptions>,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("cancelled", &self.flag.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl CancelHandle {
+    /// Cancel the generation in progress (a no-op when none is running).
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.run.terminate();
+    }
+}
+
+/// One conversation. Owns its KV cache (preallocated to the model's `max_context`).
+pub struct Session {
+    model: Arc<Model>,
+    cache: KvCache,
+    context: Vec<u32>,
+    messages: Vec<Message>,
+    buf: StepBuffers,
+    input: Vec<u32>,
+    scores: Vec<SlotScore>,
+    flag: Arc<AtomicBool>,
+    run: Arc<RunOptions>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("context_tokens", &self.context.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A new conversation on `model`.
+    pub fn new(model: Arc<Model>) -> Result<Session> {
+        let cache = model.new_cache();
+        Ok(Session {
+            model,
+            cache,
+            context: Vec::new(),
+            messages: Vec::new(),
+            buf: StepBuffers::default(),
+            input: Vec::new(),
+            scores: Vec::new(),
+            flag: Arc::new(AtomicBool::new(false)),
+            run: Arc::new(RunOptions::new()?),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// A handle that cancels this session's generations from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            flag: self.flag.clone(),
+            run: self.run.clone(),
+        }
+    }
+
+    /// Forget the conversation (the cache memory stays allocated).
+    pub fn reset(&mut self) {
+        self.cache.reset();
+        self.context.clear();
+        self.messages.clear();
+    }
+
+    /// Every token of the conversation so far.
+    pub fn context_tokens(&self) -> &[u32] {
+        &self.context
+    }
+
+    /// The KV cache (committed positions are `cache().len()`).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// The conversation's messages (chat mode).
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    fn check(&self, opts: &GenerateOptions) -> Result<(usize, Selection)> {
+        let m = &self.model.manifest;
+        let k = opts.block_size.unwrap_or(8.min(m.block_sizes.max));
+        if k == 0 || k > m.block_sizes.max {
+            return Err(Error::InvalidOption {
+                option: "block_size",
+                value: k.to_string(),
+                constraint: format!(
+                    "must be in [1, {}] (the largest block size the model was trained with)",
+                    m.block_sizes.max
+                ),
+            });
+        }
+        if opts.max_new_tokens == 0 {
+            return Err(Error::InvalidOption {
+                option: "max_new_tokens",
+                value: "0".into(),
+                constraint: "must be >= 1".into(),
+            });
+        }
+        let sel = opts
+            .selection
+            .unwrap_or(Selection::EbEntropy { gamma: m.gamma.low });
+        sel.validate()?;
+        opts.sampling.validate()?;
+        Ok((k, sel))
+    }
+
+    /// Generate a reply to `prompt`, streaming events to `on_event`. With a chat template (the
+    /// default when the model has one) the conversation so far is rendered around it; without,
+    /// the prompt's tokens are appended to the context as they are.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<Output> {
+        self.check(opts)?;
+        let use_template = opts.chat_template.unwrap_or(true) && self.model.template.is_some();
+        if opts.chat_template == Some(true) && self.model.template.is_none() {
+            return Err(Error::InvalidOption {
+                option: "chat_template",
+                value: "true".into(),
+                constraint: "the model folder has no chat template (tokenizer_config.json chat_template); pass the prompt raw".into(),
+            });
+        }
+        let tok = &self.model.tokenizer;
+        let ids: Vec<u32> = if use_template {
+            let mut msgs = self.messages.clone();
+            msgs.push(Message {
+                role: "user".into(),
+                content: prompt.into(),
+            });
+            let text = self
+                .model
+                .template
+                .as_ref()
+                .map(|t| t.render(&msgs))
+                .transpose()?
+                .unwrap_or_default();
+            let all = tok
+                .encode(text, false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec();
+            let common = all
+                .iter()
+                .zip(&self.context)
+                .take_while(|(a, b)| a == b)
+                .count();
+            self.context.truncate(common);
+            self.cache.truncate(common);
+            all[common..].to_vec()
+        } else {
+            let mut ids = Vec::new();
+            if self.context.is_empty() {
+                ids.extend(self.model.manifest.bos_token_id);
+            }
+            ids.extend_from_slice(
+                tok.encode(prompt, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?
+                    .get_ids(),
+            );
+            ids
+        };
+        let out = self.generate_tokens(&ids, opts, &mut on_event)?;
+        if use_template {
+            self.messages.push(Message {
+                role: "user".into(),
+                content: prompt.into(),
+            });
+            self.messages.push(Message {
+                role: "assistant".into(),
+                content: out.text.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Append `prompt_ids` to the context as they are and generate (no template, no BOS).
+    pub fn generate_tokens(
+        &mut self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Output> {
+        let (k, rule) = self.check(opts)?;
+        let m = &self.model.manifest;
+        if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= m.vocab_size) {
+            return Err(Error::InvalidOption {
+                option: "prompt token",
+                value: bad.to_string(),
+                constraint: format!("token ids must be < vocab_size {}", m.vocab_size),
+            });
+        }
+        let needed = self.context.len() + prompt_ids.len();
+        if needed + opts.max_new_tokens > self.cache.capacity() {
+            return Err(Error::ContextOverflow {
+                context_tokens: needed,
+                max_new_tokens: opts.max_new_tokens,
+                max_context: self.cache.capacity(),
+                model_limit: m.max_positions,
+            });
+        }
+        self.context.extend_from_slice(prompt_ids);
+        self.flag.store(false, Ordering::SeqCst);
+        let _ = self.run.unterminate();
+        let model = self.model.clone();
+        let dec = Decoder {
+            model: &model,
+            cache: &mut self.cache,
+            context: &mut self.context,
+            buf: &mut self.buf,
+            input: &mut self.input,
+            scores: &mut self.scores,
+            sampler: Sampler::new(opts.sampling),
+            detok: Detokenizer::new(opts.stop.clone()),
+            run: &self.run,
+            cancelled: &self.flag,
+        };
+        let result = match (opts.mode, k) {
+            (Mode::Ntp, _) | (Mode::Sbd, 1) => dec.ntp(opts.max_new_tokens, on_event),
+            (Mode::Sbd, _) => dec.sbd(k, rule, opts.max_new_tokens, on_event),
+        };
+        self.flag.store(false, Ordering::SeqCst);
+        let _ = self.run.unterminate();
+        match result {
+            Ok(d) => {
+                let eos = &self.model.manifest.eos_token_ids;
+                let shown: Vec<u32> = d
+                    .tokens
+                    .iter()
+                    .copied()
+                    .filter(|t| !eos.contains(t))
+                    .collect();
+                let mut text = self
+                    .model
+                    .tokenizer
+                    .decode(&shown, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                if d.stats.stop_reason == crate::stream::StopReason::StopString {
+                    if let Some(pos) = opts
+                        .stop
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
+                    {
+                        text.truncate(pos);
+                    }
+                }
+                Ok(Output {
+                    text,
+                    tokens: d.tokens,
+                    stats: d.stats,
+                })
+            }
+            Err(e) => {
+                // Keep the context consistent with the cache: drop what was not committed.
+                self.context.truncate(self.cache.len());
+                Err(e)
+            }
+        }
+    }
+}
