@@ -288,13 +288,15 @@ pub fn build_session(
                 dispatch.push(ort::ep::XNNPACK::default().build().error_on_failure())
             }
             #[allow(unreachable_patterns)]
-            other => return Err(ep_error(
-                other.name(),
-                format!(
+            other => {
+                return Err(ep_error(
+                    other.name(),
+                    format!(
                     "this build has no support for it; rebuild with `cargo build --features {}`",
                     other.name()
                 ),
-            )),
+                ))
+            }
         }
         used.push(p.name().to_string());
     }

@@ -40,7 +40,7 @@ impl Selection {
         };
         match *self {
             Selection::EbEntropy { gamma } | Selection::EbConfidence { gamma }
-                if !(gamma >= 0.0) =>
+                if gamma.is_nan() || gamma < 0.0 =>
             {
                 bad(
                     "gamma",
@@ -48,10 +48,10 @@ impl Selection {
                     "must be >= 0 (0 = one slot per forward; inf = a whole block)",
                 )
             }
-            Selection::Threshold { tau } if !(tau > 0.0 && tau <= 1.0) => {
+            Selection::Threshold { tau } if tau.is_nan() || tau <= 0.0 || tau > 1.0 => {
                 bad("threshold", tau.to_string(), "must be in (0, 1]")
             }
-            Selection::TopS { s } if s == 0 => bad("top_s", "0".into(), "must be >= 1"),
+            Selection::TopS { s: 0 } => bad("top_s", "0".into(), "must be >= 1"),
             _ => Ok(()),
         }
     }

@@ -155,7 +155,8 @@ impl Session {
         &self.messages
     }
 
-    fn check(&self, opts: &GenerateOptions) -> Result<(usize, Selection)> {
+    /// The block size and selection rule `opts` resolve to on this model (checked).
+    pub fn resolve(&self, opts: &GenerateOptions) -> Result<(usize, Selection)> {
         let m = &self.model.manifest;
         let k = opts.block_size.unwrap_or(8.min(m.block_sizes.max));
         if k == 0 || k > m.block_sizes.max {
@@ -192,7 +193,7 @@ impl Session {
         opts: &GenerateOptions,
         mut on_event: impl FnMut(&Event),
     ) -> Result<Output> {
-        self.check(opts)?;
+        self.resolve(opts)?;
         let use_template = opts.chat_template.unwrap_or(true) && self.model.template.is_some();
         if opts.chat_template == Some(true) && self.model.template.is_none() {
             return Err(Error::InvalidOption {
@@ -261,7 +262,7 @@ impl Session {
         opts: &GenerateOptions,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<Output> {
-        let (k, rule) = self.check(opts)?;
+        let (k, rule) = self.resolve(opts)?;
         let m = &self.model.manifest;
         if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= m.vocab_size) {
             return Err(Error::InvalidOption {
@@ -338,5 +339,33 @@ impl Session {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LoadOptions;
+
+    /// The cancel handle reaches ONNX Runtime: a terminated run fails inside `Session::run`, and
+    /// after `unterminate` the same run options work again.
+    #[test]
+    fn terminate_aborts_the_run_in_onnx_runtime() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+        let model = Model::load(dir, &LoadOptions::default()).unwrap();
+        let mut cache = model.new_cache();
+        let mut buf = StepBuffers::default();
+        let run = RunOptions::new().unwrap();
+        run.terminate().unwrap();
+        assert!(model
+            .forward(&mut cache, &[5, 6, 7], 3, 1, &mut buf, &run)
+            .is_err());
+        assert_eq!(cache.len(), 0, "a failed forward commits nothing");
+        run.unterminate().unwrap();
+        model
+            .forward(&mut cache, &[5, 6, 7], 3, 1, &mut buf, &run)
+            .unwrap();
+        assert_eq!(cache.len(), 3);
     }
 }

@@ -1,1 +1,568 @@
-fn main() {}
+//! `setblock`: generate, chat, info and bench from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use setblock::{
+    Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling, Selection,
+    Session,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "setblock",
+    version,
+    about = "Set Block Decoding language models on ONNX Runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a reply to one prompt, streaming it to the terminal.
+    Generate(GenerateArgs),
+    /// An interactive, multi-turn conversation (/reset starts over, /quit or Ctrl-D ends).
+    Chat(ChatArgs),
+    /// The model, the execution provider and the memory budget.
+    Info(InfoArgs),
+    /// NTP against SBD over a JSONL prompt file: forwards, tokens per forward, tokens/s, accuracy.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model folder (default: the bundled demo model, models/demo).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// KV cache capacity in positions (default: min(model limit, 2048)).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Execution provider(s) in order: cpu, cuda[:N], tensorrt[:N], coreml, nnapi, xnnpack.
+    #[arg(long = "ep", value_delimiter = ',')]
+    eps: Vec<String>,
+    /// Path to libonnxruntime (default: ORT_DYLIB_PATH, then .setblock/onnxruntime, then next to the executable).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Sbd,
+    Ntp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SelectArg {
+    /// EB-Sampler, entropy order (the paper's).
+    Eb,
+    /// EB budget, confidence order.
+    EbConfidence,
+    /// Reveal every slot with confidence >= --threshold.
+    Threshold,
+    /// Reveal --top-s slots per forward.
+    TopS,
+}
+
+#[derive(Args, Clone)]
+struct DecodeArgs {
+    /// sbd (Set Block Decoding) or ntp (one token per forward: the baseline).
+    #[arg(long, value_enum, default_value = "sbd")]
+    mode: ModeArg,
+    /// Block size k (1..=largest trained; default min(8, largest trained)).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// EB-Sampler entropy budget (default: the model's low gamma).
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Slot selection rule.
+    #[arg(long, value_enum, default_value = "eb")]
+    selection: SelectArg,
+    /// Confidence threshold for --selection threshold.
+    #[arg(long, default_value_t = 0.9)]
+    threshold: f64,
+    /// Slots per forward for --selection top-s.
+    #[arg(long, default_value_t = 2)]
+    top_s: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// RNG seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Upper bound on generated tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Do not apply the model's chat template.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// The prompt (with the demo model: a question).
+    #[arg(long)]
+    prompt: String,
+    /// Print one JSON object (text, counts, timings) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// JSONL file: one object per line with "prompt" (or "question") and optionally "answer".
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Gammas to run in SBD mode (default: the model's low and high).
+    #[arg(long, value_delimiter = ',')]
+    gammas: Vec<f64>,
+    /// Repetitions per system (interleaved); the first pass is a warm-up and is not timed.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// JSON output (one object with a row per system).
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_model() -> anyhow::Result<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots
+        .iter()
+        .map(|r| r.join("models/demo"))
+        .find(|p| p.join("setblock.json").is_file())
+        .context("no --model given and the bundled demo model (models/demo) was not found from here; pass --model DIR")
+}
+
+fn load(a: &ModelArgs) -> anyhow::Result<Arc<Model>> {
+    let dir = match &a.model {
+        Some(d) => d.clone(),
+        None => default_model()?,
+    };
+    let eps = a
+        .eps
+        .iter()
+        .map(|e| ExecutionProvider::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = LoadOptions {
+        max_context: a.max_context,
+        threads: a.threads,
+        execution_providers: eps,
+        ort_library: a.ort_library.clone(),
+    };
+    let spin = ProgressBar::new_spinner().with_message(format!("loading {}", dir.display()));
+    spin.enable_steady_tick(Duration::from_millis(100));
+    let model = Model::load(&dir, &opts);
+    spin.finish_and_clear();
+    Ok(Arc::new(model?))
+}
+
+fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> GenerateOptions {
+    let gamma = gamma.or(d.gamma).unwrap_or(model.manifest.gamma.low);
+    GenerateOptions {
+        mode: match d.mode {
+            ModeArg::Sbd => Mode::Sbd,
+            ModeArg::Ntp => Mode::Ntp,
+        },
+        block_size: d.block_size,
+        selection: Some(match d.selection {
+            SelectArg::Eb => Selection::EbEntropy { gamma },
+            SelectArg::EbConfidence => Selection::EbConfidence { gamma },
+            SelectArg::Threshold => Selection::Threshold { tau: d.threshold },
+            SelectArg::TopS => Selection::TopS { s: d.top_s },
+        }),
+        sampling: Sampling {
+            temperature: d.temperature,
+            top_k: d.top_k,
+            top_p: d.top_p,
+            repetition_penalty: d.repetition_penalty,
+            seed: d.seed,
+        },
+        max_new_tokens: d.max_new_tokens,
+        stop: d.stop.clone(),
+        chat_template: if d.raw { Some(false) } else { None },
+    }
+}
+
+fn stream_to_stdout(e: &Event) {
+    if let Event::Block { text, .. } = e {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let opts = options(&a.decode, &model, None);
+    let mut session = Session::new(model)?;
+    let (block_size, selection) = session.resolve(&opts)?;
+    if a.json {
+        let out = session.generate(&a.prompt, &opts, |_| {})?;
+        let s = &out.stats;
+        let v = serde_json::json!({
+            "text": out.text,
+            "tokens": out.tokens,
+            "prompt_tokens": s.prompt_tokens,
+            "generated_tokens": s.generated_tokens,
+            "forward_passes": s.forward_passes,
+            "tokens_per_forward": s.tokens_per_forward,
+            "stop_reason": s.stop_reason,
+            "prefill_ms": s.prefill_ms,
+            "time_to_first_token_ms": s.time_to_first_token_ms,
+            "decode_tokens_per_s": s.decode_tokens_per_s,
+            "total_ms": s.total_ms,
+            "mode": match opts.mode { Mode::Sbd => "sbd", Mode::Ntp => "ntp" },
+            "block_size": block_size,
+            "selection": format!("{selection:?}"),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let out = session.generate(&a.prompt, &opts, stream_to_stdout)?;
+        let s = &out.stats;
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {} generated in {} forward passes ({:.2} tokens/forward), TTFT {:.1} ms, {:.0} tokens/s, stop: {:?}]",
+            s.prompt_tokens, s.generated_tokens, s.forward_passes, s.tokens_per_forward, s.time_to_first_token_ms, s.decode_tokens_per_s, s.stop_reason
+        );
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let opts = options(&a.decode, &model, None);
+    let mut session = Session::new(model)?;
+    let generating = Arc::new(AtomicBool::new(false));
+    ctrlc_cancel(session.cancel_handle(), generating.clone());
+    let stdin = std::io::stdin();
+    loop {
+        print!("> ");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            println!();
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                session.reset();
+                println!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        generating.store(true, Ordering::SeqCst);
+        let r = session.generate(line, &opts, stream_to_stdout);
+        generating.store(false, Ordering::SeqCst);
+        match r {
+            Ok(out) => {
+                let s = out.stats;
+                println!();
+                eprintln!(
+                    "[{} tokens, {} forwards, {:.0} tokens/s, stop: {:?}]",
+                    s.generated_tokens, s.forward_passes, s.decode_tokens_per_s, s.stop_reason
+                );
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+}
+
+/// Ctrl-C cancels the generation in progress; at the prompt it exits.
+fn ctrlc_cancel(cancel: setblock::CancelHandle, generating: Arc<AtomicBool>) {
+    let r = ctrlc::set_handler(move || {
+        if generating.load(Ordering::SeqCst) {
+            cancel.cancel();
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("warning: Ctrl-C will end the process instead of the reply ({e})");
+    }
+}
+
+fn info(a: InfoArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let i = model.info();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("model            {}", i.folder.display());
+    println!(
+        "architecture     {} ({} layers, vocab {})",
+        i.architecture, i.layers, i.vocab_size
+    );
+    println!(
+        "weights          {:.1} MiB ({})",
+        mib(i.weights_bytes),
+        if i.quantization == "none" {
+            "float32".into()
+        } else {
+            i.quantization.clone()
+        }
+    );
+    println!(
+        "block sizes      {}..={} (trained), gamma low {} / high {}",
+        i.block_sizes.0, i.block_sizes.1, i.gamma.0, i.gamma.1
+    );
+    println!(
+        "chat template    {}",
+        if i.chat_template {
+            "yes (applied by default; --raw to skip)"
+        } else {
+            "no"
+        }
+    );
+    println!(
+        "max context      {} positions (model limit {}; --max-context)",
+        i.max_context, i.max_positions
+    );
+    println!(
+        "KV cache budget  {:.2} MiB per session ({} bytes per position)",
+        mib(i.kv_cache_bytes as u64),
+        i.kv_bytes_per_token
+    );
+    println!("providers        {}", i.execution_providers.join(" > "));
+    println!("ONNX Runtime     {}", i.ort_library.display());
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct BenchRow {
+    prompt: Option<String>,
+    question: Option<String>,
+    answer: Option<String>,
+    task: Option<String>,
+}
+
+fn final_answer(text: &str) -> Option<String> {
+    let (_, tail) = text.rsplit_once("#### ")?;
+    Some(tail.lines().next().unwrap_or("").trim().to_string())
+}
+
+#[derive(serde::Serialize, Default, Clone)]
+struct BenchResult {
+    system: String,
+    prompts: usize,
+    generated_tokens: usize,
+    forward_passes: usize,
+    tokens_per_forward: f64,
+    forward_reduction_vs_ntp: f64,
+    decode_tokens_per_s: f64,
+    mean_ttft_ms: f64,
+    accuracy: Option<f64>,
+    per_task_accuracy: std::collections::BTreeMap<String, f64>,
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let text = std::fs::read_to_string(&a.prompts)
+        .with_context(|| format!("reading --prompts {}", a.prompts.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: BenchRow = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", a.prompts.display(), n + 1))?;
+        let prompt = match (r.question, r.prompt) {
+            (Some(q), _) => q,
+            (None, Some(p)) => p,
+            _ => bail!(
+                "{}:{}: needs a \"question\" or \"prompt\" field",
+                a.prompts.display(),
+                n + 1
+            ),
+        };
+        rows.push((prompt, r.answer, r.task.unwrap_or_else(|| "all".into())));
+    }
+    if let Some(l) = a.limit {
+        rows.truncate(l);
+    }
+    if rows.is_empty() {
+        bail!("{} holds no prompts", a.prompts.display());
+    }
+    let gammas = if a.gammas.is_empty() {
+        vec![model.manifest.gamma.low, model.manifest.gamma.high]
+    } else {
+        a.gammas.clone()
+    };
+    let mut systems: Vec<(String, GenerateOptions)> = Vec::new();
+    let mut ntp = options(&a.decode, &model, None);
+    ntp.mode = Mode::Ntp;
+    systems.push(("ntp".into(), ntp));
+    for g in &gammas {
+        let mut o = options(&a.decode, &model, Some(*g));
+        o.mode = Mode::Sbd;
+        systems.push((format!("sbd gamma={g}"), o));
+    }
+    let mut session = Session::new(model)?;
+    let passes = a.repeat.max(1) + 1;
+    let bar = ProgressBar::new((passes * rows.len() * systems.len()) as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut acc: Vec<BenchResult> = systems
+        .iter()
+        .map(|(n, _)| BenchResult {
+            system: n.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let mut correct: Vec<std::collections::BTreeMap<String, (usize, usize)>> =
+        vec![Default::default(); systems.len()];
+    let mut decode_time = vec![0.0f64; systems.len()];
+    let mut ttft = vec![0.0f64; systems.len()];
+    for pass in 0..passes {
+        let timed = pass > 0;
+        for (prompt, answer, task) in &rows {
+            // interleave systems prompt by prompt so drift in machine load hits all of them alike
+            for (si, (name, opts)) in systems.iter().enumerate() {
+                bar.set_message(name.clone());
+                session.reset();
+                let out = session.generate(prompt, opts, |_| {})?;
+                bar.inc(1);
+                if !timed {
+                    continue;
+                }
+                let r = &mut acc[si];
+                if pass == 1 {
+                    r.prompts += 1;
+                    r.generated_tokens += out.stats.generated_tokens;
+                    r.forward_passes += out.stats.forward_passes;
+                    if let Some(ans) = answer {
+                        let e = correct[si].entry(task.clone()).or_default();
+                        e.0 +=
+                            usize::from(final_answer(&out.text).as_deref() == Some(ans.as_str()));
+                        e.1 += 1;
+                    }
+                }
+                decode_time[si] += (out.stats.total_ms - out.stats.prefill_ms) / 1e3;
+                ttft[si] += out.stats.time_to_first_token_ms;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let reps = (passes - 1) as f64;
+    let ntp_forwards = acc[0].forward_passes as f64;
+    for (si, r) in acc.iter_mut().enumerate() {
+        r.tokens_per_forward = r.generated_tokens as f64 / r.forward_passes.max(1) as f64;
+        r.forward_reduction_vs_ntp = ntp_forwards / r.forward_passes.max(1) as f64;
+        r.decode_tokens_per_s = r.generated_tokens as f64 * reps / decode_time[si].max(1e-9);
+        r.mean_ttft_ms = ttft[si] / (reps * r.prompts.max(1) as f64);
+        let (c, t) = correct[si]
+            .values()
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if t > 0 {
+            r.accuracy = Some(100.0 * c as f64 / t as f64);
+            r.per_task_accuracy = correct[si]
+                .iter()
+                .map(|(k, (c, t))| (k.clone(), 100.0 * *c as f64 / *t as f64))
+                .collect();
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&acc)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header([
+        "system",
+        "forwards",
+        "tokens/forward",
+        "forward reduction",
+        "decode tokens/s",
+        "TTFT ms",
+        "accuracy %",
+    ]);
+    for r in &acc {
+        table.add_row([
+            r.system.clone(),
+            r.forward_passes.to_string(),
+            format!("{:.2}", r.tokens_per_forward),
+            format!("{:.2}x", r.forward_reduction_vs_ntp),
+            format!("{:.0}", r.decode_tokens_per_s),
+            format!("{:.1}", r.mean_ttft_ms),
+            r.accuracy.map_or("-".into(), |a| format!("{a:.1}")),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,183 @@
+//! Every way a model folder can be wrong gets an error that names the problem.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use setblock::{Error, ExecutionProvider, LoadOptions, Model};
+
+fn copy_fixture() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(common::fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    (tmp, dir)
+}
+
+fn edit_manifest(dir: &Path, f: impl FnOnce(&mut Value)) {
+    let p = dir.join("setblock.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    match Model::load(dir, &opts) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_fixture_loads() {
+    let m = common::model();
+    let info = m.info();
+    assert_eq!(info.layers, 2);
+    assert_eq!(info.max_context, 128);
+    assert_eq!(info.kv_cache_bytes, 128 * 2 * 2 * 2 * 16 * 4);
+    assert_eq!(info.execution_providers, ["cpu"]);
+}
+
+#[test]
+fn missing_folder_and_files() {
+    assert!(load_err(Path::new("/nonexistent/model")).contains("model folder"));
+    let (_t, dir) = copy_fixture();
+    std::fs::remove_file(dir.join("model.onnx")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.onnx") && e.contains("ONNX graph"), "{e}");
+    let (_t, dir) = copy_fixture();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    assert!(load_err(&dir).contains("tokenizer"));
+    let (_t, dir) = copy_fixture();
+    std::fs::remove_file(dir.join("setblock.json")).unwrap();
+    assert!(load_err(&dir).contains("setblock.json"));
+}
+
+#[test]
+fn broken_manifests() {
+    let (_t, dir) = copy_fixture();
+    std::fs::write(dir.join("setblock.json"), "{ not json").unwrap();
+    assert!(load_err(&dir).contains("not valid JSON"));
+
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "version",
+            Box::new(|v| v["format_version"] = 99.into()),
+            "format_version 99 is not supported",
+        ),
+        (
+            "mask",
+            Box::new(|v| v["mask_token_id"] = 455.into()),
+            "mask_token_id 455 is outside the vocabulary",
+        ),
+        (
+            "eos",
+            Box::new(|v| v["eos_token_ids"] = serde_json::json!([])),
+            "eos_token_ids is empty",
+        ),
+        (
+            "field",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("num_layers");
+            }),
+            "num_layers",
+        ),
+        (
+            "layout",
+            Box::new(|v| v["kv_layout"] = "head-major".into()),
+            "sequence-major",
+        ),
+        (
+            "blocks",
+            Box::new(|v| v["block_sizes"] = serde_json::json!({"min": 4, "max": 2})),
+            "block_sizes",
+        ),
+        (
+            "vocab",
+            Box::new(|v| v["vocab_size"] = 300.into()),
+            "different models",
+        ),
+        (
+            "layers",
+            Box::new(|v| v["num_layers"] = 3.into()),
+            "past_key_values.2.key",
+        ),
+        (
+            "heads",
+            Box::new(|v| v["num_kv_heads"] = 4.into()),
+            "kv heads",
+        ),
+        (
+            "names",
+            Box::new(|v| v["io"]["logits"] = "scores".into()),
+            "\"scores\"",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let (_t, dir) = copy_fixture();
+        edit_manifest(&dir, edit);
+        let e = load_err(&dir);
+        assert!(e.contains(needle), "{name}: {e}");
+    }
+}
+
+#[test]
+fn bad_options() {
+    let opts = LoadOptions {
+        max_context: Some(4096),
+        ..LoadOptions::default()
+    };
+    let e = Model::load(common::fixture(), &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidOption {
+                option: "max_context",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let opts = LoadOptions {
+        threads: Some(0),
+        ..LoadOptions::default()
+    };
+    assert!(Model::load(common::fixture(), &opts).is_err());
+    let e = ExecutionProvider::parse("tpu").unwrap_err().to_string();
+    assert!(e.contains("cpu, cuda"), "{e}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_provider_not_compiled_in_names_the_feature() {
+    let opts = LoadOptions {
+        execution_providers: vec![ExecutionProvider::parse("cuda").unwrap()],
+        ..LoadOptions::default()
+    };
+    let e = Model::load(common::fixture(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--features cuda"), "{e}");
+}
+
+#[test]
+fn a_missing_named_library_is_an_error_not_a_fallback() {
+    let opts = LoadOptions {
+        ort_library: Some("/nonexistent/libonnxruntime.so".into()),
+        ..LoadOptions::default()
+    };
+    // the library is already loaded in this process by other tests or not: either way, an error
+    let e = Model::load(common::fixture(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
+}
