@@ -62,7 +62,7 @@ def encode(path: Path, tokenizer, eos_id: int, max_length: int) -> list[Example]
         if len(ids) > max_length:
             raise DataError(
                 f"{path} row {n}: {len(ids)} tokens exceed the model's {max_length} positions; "
-                "shorten the document or pass --max-length within the model's limit"
+                "shorten or split the document (nothing is truncated silently)"
             )
         out.append(Example(ids, max(len(p), 1) if prompt else 0))
     if not out:

@@ -21,8 +21,8 @@ DEMO_CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE with single-digit tokens and the special tokens EOS, PAD and MASK."""
+def train_tokenizer(texts: list[str], vocab_size: int, specials: tuple[str, ...] = (EOS, PAD, MASK)) -> Tokenizer:
+    """Byte-level BPE with single-digit tokens and the special tokens (default EOS, PAD, MASK)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -30,7 +30,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, PAD, MASK],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

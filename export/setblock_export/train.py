@@ -170,7 +170,7 @@ def finetune(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, _ = loss_of(model, batch)
             (loss / cfg.grad_accum).backward()
-            step_loss += float(loss) / cfg.grad_accum
+            step_loss += float(loss.detach()) / cfg.grad_accum
             tokens += int(batch.input_ids.numel())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

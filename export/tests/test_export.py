@@ -1,0 +1,143 @@
+"""export -> verify -> reference decode for Llama, Qwen2 and Qwen3; bad inputs fail cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from conftest import make_checkpoint
+from transformers import AutoModelForCausalLM
+
+from setblock_export import arch
+from setblock_export.__main__ import main
+from setblock_export.decode import OnnxBackend, Reference, TorchBackend
+from setblock_export.onnx_export import export_folder
+from setblock_export.verify import run_checks
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])
+def test_export_verify_decode(tmp_path: Path, tokenizer_obj, name: str) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", name, tokenizer_obj)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    ids = torch.tensor([[5, 9, 30, 41, 7, 8]])
+    with torch.no_grad():
+        hf = model(ids).logits
+        ours, _ = arch.forward(
+            model,
+            ids,
+            torch.arange(6)[None],
+            torch.zeros(1, 1, 6, 6).masked_fill(
+                torch.ones(6, 6, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min
+            ),
+        )
+    assert (hf - ours).abs().max() < 1e-4
+
+    folder = export_folder(ckpt, tmp_path / "out")
+    m = json.loads((folder / "setblock.json").read_text())
+    assert m["architecture"] == model.__class__.__name__
+    assert m["kv_layout"] == "sequence-major" and m["io"]["past_key"] == "past_key_values.%d.key"
+    checks = run_checks(folder, ckpt)
+    assert len(checks) == 5
+    for c in checks:
+        assert c["max_abs_diff"] < 1e-3, c
+
+    torch_ref = Reference(folder, TorchBackend(ckpt))
+    onnx_ref = Reference(folder, OnnxBackend(folder))
+    prompt = torch_ref.tok.encode("Question: sort 42 17 88\nAnswer:").ids
+    a, b = torch_ref.ntp(prompt, 12), onnx_ref.ntp(prompt, 12)
+    assert a.tokens == b.tokens and a.forwards == b.forwards == 12
+    for k, g in [(4, 0.0), (4, 1.0), (8, 1e9)]:
+        a, b = torch_ref.sbd(prompt, k, g, 16), onnx_ref.sbd(prompt, k, g, 16)
+        assert a.tokens == b.tokens and a.forwards == b.forwards
+        assert len(a.tokens) == 16 or a.tokens[-1] in m["eos_token_ids"]
+    assert onnx_ref.sbd(prompt, 8, 1e9, 16).forwards == 2
+    assert onnx_ref.sbd(prompt, 4, 0.0, 16).forwards == 16
+
+
+def test_sbd_decode_stops_at_eos_inside_a_block(tmp_path: Path, tokenizer_obj) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj)
+    folder = export_folder(ckpt, tmp_path / "out")
+    ref = Reference(folder, OnnxBackend(folder))
+    eos = ref.m["eos_token_ids"][0]
+    real = ref.backend
+
+    def eos_at_slot_2(ids, pos, mask, past):  # noqa: ANN001, ANN202
+        logits, presents = real(ids, pos, mask, past)
+        logits[0, :, eos] = -1e9
+        if pos[0, -1] >= 0:  # the block slot at sequence position 12 prefers EOS
+            hit = pos[0] == 12
+            logits[0, hit, eos] = 1e9
+        return logits, presents
+
+    ref.backend = eos_at_slot_2
+    r = ref.sbd(list(range(3, 13)), 4, 1e9, 32)  # prompt of 10: block positions 10..13
+    assert r.tokens[-1] == eos and len(r.tokens) == 3 and r.forwards == 1
+
+
+def test_int8_quantized_export_holds_integer_matmuls(tmp_path: Path, tokenizer_obj) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    folder = export_folder(ckpt, tmp_path / "q8", quantize="int8")
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    assert json.loads((folder / "setblock.json").read_text())["quantization"] == "int8"
+    worst = max(c["max_abs_diff"] for c in run_checks(folder, ckpt)[1:])
+    assert worst < 5.0  # int8 cannot meet the float tolerance; verify judges it by top-1 agreement
+    assert not list(tmp_path.glob("q8/fp32*"))
+
+
+def cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_unsupported_architecture(tmp_path: Path, tokenizer_obj, capsys) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ckpt = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=400)).save_pretrained(ckpt)
+    make_checkpoint(tmp_path / "donor", "llama", tokenizer_obj)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (ckpt / f).write_text((tmp_path / "donor" / f).read_text())
+    assert cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "GPT2LMHeadModel is not supported" in err and "LlamaForCausalLM" in err and "Qwen3ForCausalLM" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_missing_tokenizer_and_existing_output(tmp_path: Path, tokenizer_obj, capsys) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj)
+    (ckpt / "tokenizer.json").unlink()
+    assert cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+    (tmp_path / "exists").mkdir()
+    ckpt2 = make_checkpoint(tmp_path / "ckpt2", "llama", tokenizer_obj)
+    assert cli("export", "--checkpoint", str(ckpt2), "--out", str(tmp_path / "exists")) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_no_room_for_a_mask_token(tmp_path: Path, tokenizer_obj, capsys) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, mask=False)
+    assert cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "no room for a mask token" in err and "--add-mask-token" in err
+    assert not (tmp_path / "out").exists()
+    # with the flag: a new row, a deterministic embedding, and a manifest that names it
+    assert cli("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--add-mask-token") == 0
+    m = json.loads((tmp_path / "out" / "setblock.json").read_text())
+    assert m["mask_token_source"] == "added <|mask|>" and m["mask_token_id"] == m["vocab_size"] - 1
+
+
+def test_failure_mid_export_leaves_nothing(tmp_path: Path, tokenizer_obj, monkeypatch) -> None:
+    import setblock_export.onnx_export as ox
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj)
+
+    def boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ox, "_quantize", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_folder(ckpt, tmp_path / "out", quantize="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
