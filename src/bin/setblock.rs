@@ -166,9 +166,13 @@ struct BenchArgs {
     /// Gammas to run in SBD mode (default: the model's low and high).
     #[arg(long, value_delimiter = ',')]
     gammas: Vec<f64>,
-    /// Repetitions per system (interleaved); the first pass is a warm-up and is not timed.
+    /// Timed passes over the prompts (systems interleaved prompt by prompt); accuracy and forward
+    /// counts come from the first. A warm-up of up to 5 prompts per system runs before, untimed.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Only the NTP system (for an NTP-trained baseline model).
+    #[arg(long)]
+    ntp_only: bool,
     /// JSON output (one object with a row per system).
     #[arg(long)]
     json: bool,
@@ -453,13 +457,19 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut ntp = options(&a.decode, &model, None);
     ntp.mode = Mode::Ntp;
     systems.push(("ntp".into(), ntp));
-    for g in &gammas {
+    for g in gammas.iter().filter(|_| !a.ntp_only) {
         let mut o = options(&a.decode, &model, Some(*g));
         o.mode = Mode::Sbd;
         systems.push((format!("sbd gamma={g}"), o));
     }
     let mut session = Session::new(model)?;
-    let passes = a.repeat.max(1) + 1;
+    let passes = a.repeat.max(1);
+    for (prompt, _, _) in rows.iter().take(5) {
+        for (_, opts) in &systems {
+            session.reset();
+            session.generate(prompt, opts, |_| {})?;
+        }
+    }
     let bar = ProgressBar::new((passes * rows.len() * systems.len()) as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -476,7 +486,6 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut decode_time = vec![0.0f64; systems.len()];
     let mut ttft = vec![0.0f64; systems.len()];
     for pass in 0..passes {
-        let timed = pass > 0;
         for (prompt, answer, task) in &rows {
             // interleave systems prompt by prompt so drift in machine load hits all of them alike
             for (si, (name, opts)) in systems.iter().enumerate() {
@@ -484,11 +493,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 session.reset();
                 let out = session.generate(prompt, opts, |_| {})?;
                 bar.inc(1);
-                if !timed {
-                    continue;
-                }
                 let r = &mut acc[si];
-                if pass == 1 {
+                if pass == 0 {
                     r.prompts += 1;
                     r.generated_tokens += out.stats.generated_tokens;
                     r.forward_passes += out.stats.forward_passes;
@@ -505,7 +511,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    let reps = (passes - 1) as f64;
+    let reps = passes as f64;
     let ntp_forwards = acc[0].forward_passes as f64;
     for (si, r) in acc.iter_mut().enumerate() {
         r.tokens_per_forward = r.generated_tokens as f64 / r.forward_passes.max(1) as f64;

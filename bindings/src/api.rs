@@ -1,0 +1,553 @@
+//! The uniffi surface: `SbModel`, `SbSession`, records for options, events and stats.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, TryLockError};
+use std::task::{Context, Poll, Waker};
+
+use setblock::{
+    Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling, Selection,
+    Session,
+};
+
+/// Every error, with the runtime's message (it names the constraint and the option to change).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum SetblockError {
+    /// The model folder, its manifest, tokenizer or graph is wrong or missing.
+    #[error("{message}")]
+    InvalidModel {
+        /// What is wrong.
+        message: String,
+    },
+    /// An option is out of range, or the input is unusable.
+    #[error("{message}")]
+    InvalidOption {
+        /// What is wrong.
+        message: String,
+    },
+    /// Prompt + max_new_tokens does not fit the KV cache.
+    #[error("{message}")]
+    ContextOverflow {
+        /// What is wrong.
+        message: String,
+    },
+    /// ONNX Runtime (library, provider or a failed run).
+    #[error("{message}")]
+    Runtime {
+        /// What is wrong.
+        message: String,
+    },
+    /// The session is generating on another thread.
+    #[error("{message}")]
+    Busy {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<setblock::Error> for SetblockError {
+    fn from(e: setblock::Error) -> Self {
+        use setblock::Error as E;
+        let message = e.to_string();
+        match e {
+            E::MissingFile { .. }
+            | E::Manifest { .. }
+            | E::UnsupportedFormat { .. }
+            | E::Graph { .. }
+            | E::Tokenizer(_) => SetblockError::InvalidModel { message },
+            E::InvalidOption { .. } | E::Template(_) | E::InvalidUtf8(_) => {
+                SetblockError::InvalidOption { message }
+            }
+            E::ContextOverflow { .. } => SetblockError::ContextOverflow { message },
+            E::Runtime(_) | E::ExecutionProvider { .. } | E::Ort(_) => {
+                SetblockError::Runtime { message }
+            }
+            E::Busy => SetblockError::Busy { message },
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LoadConfig {
+    /// The model folder.
+    pub model_dir: String,
+    /// KV cache capacity (default: min(model limit, 2048)).
+    #[uniffi(default = None)]
+    pub max_context: Option<u32>,
+    /// Intra-op threads (default: ONNX Runtime's choice).
+    #[uniffi(default = None)]
+    pub threads: Option<u32>,
+    /// Providers in order: "cpu", "cuda", "tensorrt", "coreml", "nnapi", "xnnpack".
+    #[uniffi(default = [])]
+    pub execution_providers: Vec<String>,
+    /// Path to libonnxruntime (default: ORT_DYLIB_PATH, the project copy, next to the executable).
+    #[uniffi(default = None)]
+    pub ort_library: Option<String>,
+}
+
+/// NTP (the baseline) or SBD.
+#[derive(Debug, Clone, Copy, uniffi::Enum)]
+pub enum DecodeMode {
+    /// Set Block Decoding.
+    Sbd,
+    /// One token per forward.
+    Ntp,
+}
+
+/// Slot selection of the SBD loop.
+#[derive(Debug, Clone, Copy, uniffi::Enum)]
+pub enum SlotSelection {
+    /// EB-Sampler, entropy order.
+    EbEntropy {
+        /// Entropy budget.
+        gamma: f64,
+    },
+    /// EB budget, confidence order.
+    EbConfidence {
+        /// Entropy budget.
+        gamma: f64,
+    },
+    /// Every slot with confidence >= tau.
+    Threshold {
+        /// Confidence threshold.
+        tau: f64,
+    },
+    /// A fixed number per forward.
+    TopS {
+        /// Slots per forward.
+        s: u32,
+    },
+}
+
+/// Options of one generation (defaults: SBD, the model's block size and low gamma, greedy).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GenerateConfig {
+    /// NTP or SBD (no default: say which).
+    pub mode: DecodeMode,
+    /// Block size (default: min(8, largest trained)).
+    #[uniffi(default = None)]
+    pub block_size: Option<u32>,
+    /// Slot selection (default: EB-Sampler at the model's low gamma).
+    #[uniffi(default = None)]
+    pub selection: Option<SlotSelection>,
+    /// 0 = greedy.
+    #[uniffi(default = 0.0)]
+    pub temperature: f32,
+    /// 0 = off.
+    #[uniffi(default = 0)]
+    pub top_k: u32,
+    /// 1 = off.
+    #[uniffi(default = 1.0)]
+    pub top_p: f32,
+    /// 1 = off.
+    #[uniffi(default = 1.0)]
+    pub repetition_penalty: f32,
+    /// Sampling seed.
+    #[uniffi(default = 0)]
+    pub seed: u64,
+    /// Upper bound on generated tokens.
+    #[uniffi(default = 256)]
+    pub max_new_tokens: u32,
+    /// Stop strings.
+    #[uniffi(default = [])]
+    pub stop: Vec<String>,
+    /// Apply the chat template (default: when the model has one).
+    #[uniffi(default = None)]
+    pub chat_template: Option<bool>,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            mode: DecodeMode::Sbd,
+            block_size: None,
+            selection: None,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            max_new_tokens: 256,
+            stop: Vec::new(),
+            chat_template: None,
+        }
+    }
+}
+
+impl From<&GenerateConfig> for GenerateOptions {
+    fn from(c: &GenerateConfig) -> Self {
+        GenerateOptions {
+            mode: match c.mode {
+                DecodeMode::Sbd => Mode::Sbd,
+                DecodeMode::Ntp => Mode::Ntp,
+            },
+            block_size: c.block_size.map(|k| k as usize),
+            selection: c.selection.map(|s| match s {
+                SlotSelection::EbEntropy { gamma } => Selection::EbEntropy { gamma },
+                SlotSelection::EbConfidence { gamma } => Selection::EbConfidence { gamma },
+                SlotSelection::Threshold { tau } => Selection::Threshold { tau },
+                SlotSelection::TopS { s } => Selection::TopS { s: s as usize },
+            }),
+            sampling: Sampling {
+                temperature: c.temperature,
+                top_k: c.top_k as usize,
+                top_p: c.top_p,
+                repetition_penalty: c.repetition_penalty,
+                seed: c.seed,
+            },
+            max_new_tokens: c.max_new_tokens as usize,
+            stop: c.stop.clone(),
+            chat_template: c.chat_template,
+        }
+    }
+}
+
+/// Measurements of one generation (see `setblock::Stats`).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GenerationStats {
+    /// Tokens fed for this turn.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub generated_tokens: u32,
+    /// Forward passes, prefill included.
+    pub forward_passes: u32,
+    /// generated / forwards.
+    pub tokens_per_forward: f64,
+    /// First forward.
+    pub prefill_ms: f64,
+    /// Until the first committed tokens.
+    pub time_to_first_token_ms: f64,
+    /// After the first forward.
+    pub decode_tokens_per_s: f64,
+    /// Whole generation.
+    pub total_ms: f64,
+    /// "eos", "max_tokens", "stop_string" or "cancelled".
+    pub stop_reason: String,
+}
+
+impl From<&setblock::Stats> for GenerationStats {
+    fn from(s: &setblock::Stats) -> Self {
+        GenerationStats {
+            prompt_tokens: s.prompt_tokens as u32,
+            generated_tokens: s.generated_tokens as u32,
+            forward_passes: s.forward_passes as u32,
+            tokens_per_forward: s.tokens_per_forward,
+            prefill_ms: s.prefill_ms,
+            time_to_first_token_ms: s.time_to_first_token_ms,
+            decode_tokens_per_s: s.decode_tokens_per_s,
+            total_ms: s.total_ms,
+            stop_reason: stop_reason_name(s.stop_reason).into(),
+        }
+    }
+}
+
+/// The snake_case name of a stop reason (shared with the C ABI).
+pub fn stop_reason_name(r: setblock::StopReason) -> &'static str {
+    match r {
+        setblock::StopReason::Eos => "eos",
+        setblock::StopReason::MaxTokens => "max_tokens",
+        setblock::StopReason::StopString => "stop_string",
+        setblock::StopReason::Cancelled => "cancelled",
+    }
+}
+
+/// One event of the stream.
+#[derive(Debug, Clone, uniffi::Enum)]
+pub enum GenerationEvent {
+    /// The first forward finished.
+    PrefillDone {
+        /// Tokens fed.
+        prompt_tokens: u32,
+        /// Its time.
+        elapsed_ms: f64,
+    },
+    /// Committed tokens and the text that became safe to show.
+    Block {
+        /// Token ids.
+        tokens: Vec<u32>,
+        /// Text.
+        text: String,
+        /// Forwards used.
+        forwards: u32,
+    },
+    /// The end.
+    Finished {
+        /// Measurements.
+        stats: GenerationStats,
+    },
+}
+
+impl From<&Event> for GenerationEvent {
+    fn from(e: &Event) -> Self {
+        match e {
+            Event::PrefillDone {
+                prompt_tokens,
+                elapsed_ms,
+            } => GenerationEvent::PrefillDone {
+                prompt_tokens: *prompt_tokens as u32,
+                elapsed_ms: *elapsed_ms,
+            },
+            Event::Block {
+                tokens,
+                text,
+                forwards,
+            } => GenerationEvent::Block {
+                tokens: tokens.clone(),
+                text: text.clone(),
+                forwards: *forwards as u32,
+            },
+            Event::Finished(s) => GenerationEvent::Finished { stats: s.into() },
+        }
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GenerationResult {
+    /// Generated text.
+    pub text: String,
+    /// Generated ids.
+    pub tokens: Vec<u32>,
+    /// Measurements.
+    pub stats: GenerationStats,
+}
+
+/// Receives the stream (called on the generating thread).
+#[uniffi::export(with_foreign)]
+pub trait GenerationListener: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: GenerationEvent);
+}
+
+/// Facts about a loaded model.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ModelInfoRecord {
+    /// The folder.
+    pub folder: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Layers.
+    pub layers: u32,
+    /// Vocabulary.
+    pub vocab_size: u32,
+    /// KV cache capacity.
+    pub max_context: u32,
+    /// KV bytes per session.
+    pub kv_cache_bytes: u64,
+    /// Graph size.
+    pub weights_bytes: u64,
+    /// Providers that run the graph.
+    pub execution_providers: Vec<String>,
+    /// Largest trained block size.
+    pub max_block_size: u32,
+    /// Recommended gammas.
+    pub gamma_low: f64,
+    /// Recommended gammas.
+    pub gamma_high: f64,
+    /// The whole info as JSON (the same as `setblock info --json`).
+    pub json: String,
+}
+
+/// A loaded model, shared by any number of sessions.
+#[derive(uniffi::Object)]
+pub struct SbModel {
+    pub(crate) inner: Arc<Model>,
+}
+
+/// Load options as the runtime takes them (shared with the C ABI).
+pub fn load_options(
+    max_context: Option<u32>,
+    threads: Option<u32>,
+    eps: &[String],
+    lib: Option<String>,
+) -> Result<LoadOptions, SetblockError> {
+    Ok(LoadOptions {
+        max_context: max_context.map(|v| v as usize),
+        threads: threads.map(|v| v as usize),
+        execution_providers: eps
+            .iter()
+            .map(|e| ExecutionProvider::parse(e))
+            .collect::<Result<_, _>>()?,
+        ort_library: lib.map(Into::into),
+    })
+}
+
+#[uniffi::export]
+impl SbModel {
+    /// Load and validate a model folder.
+    #[uniffi::constructor]
+    pub fn load(config: LoadConfig) -> Result<Arc<Self>, SetblockError> {
+        let opts = load_options(
+            config.max_context,
+            config.threads,
+            &config.execution_providers,
+            config.ort_library,
+        )?;
+        Ok(Arc::new(SbModel {
+            inner: Arc::new(Model::load(&config.model_dir, &opts)?),
+        }))
+    }
+
+    /// Facts and the memory budget.
+    pub fn info(&self) -> ModelInfoRecord {
+        let i = self.inner.info();
+        ModelInfoRecord {
+            folder: i.folder.display().to_string(),
+            architecture: i.architecture.clone(),
+            layers: i.layers as u32,
+            vocab_size: i.vocab_size as u32,
+            max_context: i.max_context as u32,
+            kv_cache_bytes: i.kv_cache_bytes as u64,
+            weights_bytes: i.weights_bytes,
+            execution_providers: i.execution_providers.clone(),
+            max_block_size: i.block_sizes.1 as u32,
+            gamma_low: i.gamma.0,
+            gamma_high: i.gamma.1,
+            json: serde_json::to_string(&i).unwrap_or_default(),
+        }
+    }
+}
+
+/// A conversation. `generate` blocks; `generate_async` is a Kotlin `suspend` / Swift `async`
+/// function whose cancellation cancels the generation.
+#[derive(uniffi::Object)]
+pub struct SbSession {
+    inner: Mutex<Session>,
+    cancel: setblock::CancelHandle,
+}
+
+/// Run `f` on the session, or say Busy when another thread is generating.
+fn with_session<T>(
+    s: &Mutex<Session>,
+    f: impl FnOnce(&mut Session) -> Result<T, SetblockError>,
+) -> Result<T, SetblockError> {
+    let mut guard = match s.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return Err(setblock::Error::Busy.into()),
+    };
+    f(&mut guard)
+}
+
+impl SbSession {
+    /// The blocking generation with a Rust callback (shared by the uniffi and C faces).
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        config: &GenerateConfig,
+        on: &mut dyn FnMut(&Event),
+    ) -> Result<setblock::Output, SetblockError> {
+        let opts = GenerateOptions::from(config);
+        with_session(&self.inner, |s| Ok(s.generate(prompt, &opts, |e| on(e))?))
+    }
+
+    /// The cancel handle (usable from any thread without the session lock).
+    pub fn cancel_handle(&self) -> &setblock::CancelHandle {
+        &self.cancel
+    }
+}
+
+#[uniffi::export]
+impl SbSession {
+    /// A new conversation on `model` (its own KV cache).
+    #[uniffi::constructor]
+    pub fn new(model: Arc<SbModel>) -> Result<Arc<Self>, SetblockError> {
+        let session = Session::new(model.inner.clone())?;
+        let cancel = session.cancel_handle();
+        Ok(Arc::new(SbSession {
+            inner: Mutex::new(session),
+            cancel,
+        }))
+    }
+
+    /// Generate, streaming events to `listener` (blocking).
+    pub fn generate(
+        &self,
+        prompt: String,
+        config: GenerateConfig,
+        listener: Option<Arc<dyn GenerationListener>>,
+    ) -> Result<GenerationResult, SetblockError> {
+        let out = self.generate_with(&prompt, &config, &mut |e| {
+            if let Some(l) = &listener {
+                l.on_event(e.into());
+            }
+        })?;
+        Ok(GenerationResult {
+            text: out.text,
+            tokens: out.tokens,
+            stats: (&out.stats).into(),
+        })
+    }
+
+    /// Generate on a background thread; dropping (cancelling) the future cancels the generation.
+    pub async fn generate_async(
+        self: Arc<Self>,
+        prompt: String,
+        config: GenerateConfig,
+        listener: Option<Arc<dyn GenerationListener>>,
+    ) -> Result<GenerationResult, SetblockError> {
+        let slot = Arc::new(Mutex::new(Shared {
+            result: None,
+            waker: None,
+        }));
+        let mut guard = CancelOnDrop(Some(self.cancel.clone()));
+        let worker = slot.clone();
+        std::thread::spawn(move || {
+            let r = self.generate(prompt, config, listener);
+            let mut s = worker.lock().unwrap_or_else(|e| e.into_inner());
+            s.result = Some(r);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        let r = Join(slot).await;
+        guard.0 = None; // finished: nothing to cancel
+        r
+    }
+
+    /// Cancel the generation in progress (from any thread; reaches a forward in flight).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Forget the conversation. Busy while a generation runs.
+    pub fn reset(&self) -> Result<(), SetblockError> {
+        with_session(&self.inner, |s| {
+            s.reset();
+            Ok(())
+        })
+    }
+}
+
+struct Shared {
+    result: Option<Result<GenerationResult, SetblockError>>,
+    waker: Option<Waker>,
+}
+
+struct Join(Arc<Mutex<Shared>>);
+
+impl Future for Join {
+    type Output = Result<GenerationResult, SetblockError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Cancels the generation when the async call is dropped before it finished.
+struct CancelOnDrop(Option<setblock::CancelHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}

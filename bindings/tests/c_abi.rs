@@ -1,0 +1,304 @@
+//! The C ABI as a C caller uses it: handles, errors, streaming, cancel; nothing crashes.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::PathBuf;
+use std::ptr::{null, null_mut};
+
+use setblock_ffi::c_api::*;
+
+fn fixture() -> CString {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama");
+    CString::new(p.to_str().unwrap()).unwrap()
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(sb_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn load() -> *mut sb_model {
+    let mut m = null_mut();
+    let mut o = sb_load_options_default();
+    o.threads = 1;
+    assert_eq!(
+        unsafe { sb_model_load(fixture().as_ptr(), &o, &mut m) },
+        sb_status::SB_OK,
+        "{}",
+        last_error()
+    );
+    m
+}
+
+struct Collected {
+    text: String,
+    blocks: usize,
+    finished: bool,
+    cancel_after: usize,
+}
+
+unsafe extern "C" fn collect(user: *mut c_void, ev: *const sb_event) -> c_int {
+    let c = unsafe { &mut *(user as *mut Collected) };
+    let ev = unsafe { &*ev };
+    match ev.kind {
+        sb_event_kind::SB_EVENT_BLOCK => {
+            c.text
+                .push_str(unsafe { CStr::from_ptr(ev.text) }.to_str().unwrap());
+            let toks = unsafe { std::slice::from_raw_parts(ev.tokens, ev.n_tokens) };
+            c.blocks += usize::from(!toks.is_empty());
+        }
+        sb_event_kind::SB_EVENT_FINISHED => c.finished = true,
+        sb_event_kind::SB_EVENT_PREFILL_DONE => {}
+    }
+    c_int::from(c.cancel_after > 0 && c.blocks >= c.cancel_after)
+}
+
+#[test]
+fn stream_a_generation_and_cancel_from_the_callback() {
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    let prompt = CString::new("Größe 🙂 sort 3 1 2").unwrap();
+    let mut o = sb_generate_options_default();
+    o.max_new_tokens = 24;
+    o.block_size = 4;
+    o.gamma = 0.5;
+    o.chat_template = 0;
+    let mut c = Collected {
+        text: String::new(),
+        blocks: 0,
+        finished: false,
+        cancel_after: 0,
+    };
+    let mut stats = sb_stats::default();
+    let mut text: *mut c_char = null_mut();
+    let st = unsafe {
+        sb_generate(
+            s,
+            prompt.as_ptr(),
+            &o,
+            Some(collect),
+            &mut c as *mut _ as *mut c_void,
+            &mut stats,
+            &mut text,
+        )
+    };
+    assert_eq!(st, sb_status::SB_OK, "{}", last_error());
+    assert!(c.finished && c.blocks >= 6);
+    assert_eq!(stats.generated_tokens, 24);
+    assert_eq!(stats.stop_reason, 1);
+    assert_eq!(unsafe { CStr::from_ptr(text) }.to_str().unwrap(), c.text);
+    unsafe { sb_string_free(text) };
+
+    // a non-zero return from the callback cancels after the 2nd block
+    assert_eq!(sb_session_reset(s), sb_status::SB_OK);
+    let mut c = Collected {
+        text: String::new(),
+        blocks: 0,
+        finished: false,
+        cancel_after: 2,
+    };
+    let st = unsafe {
+        sb_generate(
+            s,
+            prompt.as_ptr(),
+            &o,
+            Some(collect),
+            &mut c as *mut _ as *mut c_void,
+            &mut stats,
+            null_mut(),
+        )
+    };
+    assert_eq!(st, sb_status::SB_OK);
+    assert_eq!(stats.stop_reason, 3);
+    assert_eq!(stats.generated_tokens, 8);
+
+    let mut json: *mut c_char = null_mut();
+    assert_eq!(
+        unsafe { sb_model_info_json(m, &mut json) },
+        sb_status::SB_OK
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(unsafe { CStr::from_ptr(json) }.to_str().unwrap()).unwrap();
+    assert_eq!(v["layers"], 2);
+    unsafe { sb_string_free(json) };
+    assert_eq!(sb_session_free(s), sb_status::SB_OK);
+    assert_eq!(sb_model_free(m), sb_status::SB_OK);
+}
+
+#[test]
+fn null_freed_and_made_up_handles_are_errors() {
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    assert_eq!(sb_session_free(s), sb_status::SB_OK);
+    // use after free
+    let p = CString::new("x").unwrap();
+    assert_eq!(
+        unsafe {
+            sb_generate(
+                s,
+                p.as_ptr(),
+                null(),
+                None,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+            )
+        },
+        sb_status::SB_ERR_INVALID_HANDLE
+    );
+    assert!(last_error().contains("not live"));
+    assert_eq!(sb_session_free(s), sb_status::SB_ERR_INVALID_HANDLE);
+    assert_eq!(sb_session_cancel(null_mut()), sb_status::SB_ERR_NULL);
+    assert_eq!(
+        sb_session_reset(0xdead_beef as *mut sb_session),
+        sb_status::SB_ERR_INVALID_HANDLE
+    );
+    assert_eq!(
+        unsafe { sb_session_new(0x1234 as *const sb_model, &mut s) },
+        sb_status::SB_ERR_INVALID_HANDLE
+    );
+    assert_eq!(
+        unsafe { sb_session_new(m, null_mut()) },
+        sb_status::SB_ERR_NULL
+    );
+    assert_eq!(sb_model_free(null_mut()), sb_status::SB_OK);
+    assert_eq!(sb_model_free(m), sb_status::SB_OK);
+    assert_eq!(sb_model_free(m), sb_status::SB_ERR_INVALID_HANDLE);
+}
+
+#[test]
+fn bad_strings_options_and_folders_are_errors_with_messages() {
+    let mut m = null_mut();
+    let bad_dir = CString::new("/nonexistent/model").unwrap();
+    assert_eq!(
+        unsafe { sb_model_load(bad_dir.as_ptr(), null(), &mut m) },
+        sb_status::SB_ERR_MODEL
+    );
+    assert!(
+        last_error().contains("/nonexistent/model"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        unsafe { sb_model_load(null(), null(), &mut m) },
+        sb_status::SB_ERR_NULL
+    );
+    let invalid = [0xffu8, 0xfe, 0];
+    assert_eq!(
+        unsafe { sb_model_load(invalid.as_ptr() as *const c_char, null(), &mut m) },
+        sb_status::SB_ERR_UTF8
+    );
+    let mut o = sb_load_options_default();
+    let ep = CString::new("tpu").unwrap();
+    o.execution_providers = ep.as_ptr();
+    assert_eq!(
+        unsafe { sb_model_load(fixture().as_ptr(), &o, &mut m) },
+        sb_status::SB_ERR_OPTION
+    );
+
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    assert_eq!(
+        unsafe {
+            sb_generate(
+                s,
+                invalid.as_ptr() as *const c_char,
+                null(),
+                None,
+                null_mut(),
+                null_mut(),
+                null_mut(),
+            )
+        },
+        sb_status::SB_ERR_UTF8
+    );
+    let p = CString::new("x").unwrap();
+    let mut g = sb_generate_options_default();
+    g.block_size = 99;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("block_size"), "{}", last_error());
+    let mut g = sb_generate_options_default();
+    g.max_new_tokens = 10_000;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_CONTEXT_OVERFLOW
+    );
+    assert!(last_error().contains("max_context"));
+    sb_session_free(s);
+    sb_model_free(m);
+}
+
+struct Relay {
+    blocks: usize,
+    to_canceller: std::sync::mpsc::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+unsafe extern "C" fn relay(user: *mut c_void, ev: *const sb_event) -> c_int {
+    let r = unsafe { &mut *(user as *mut Relay) };
+    if unsafe { &*ev }.kind == sb_event_kind::SB_EVENT_BLOCK {
+        r.blocks += 1;
+        if r.blocks == 2 {
+            r.to_canceller.send(()).unwrap();
+            r.done.recv().unwrap(); // the other thread has cancelled before the next forward
+        }
+    }
+    0
+}
+
+#[test]
+fn cancel_from_another_thread() {
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    let handle = s as usize;
+    let p = CString::new("Question: a=2; b=6; for i in range(3): a=a+b; b=b+4\nAnswer:").unwrap();
+    let mut o = sb_generate_options_default();
+    o.max_new_tokens = 24;
+    o.block_size = 4;
+    o.gamma = 0.0;
+    o.chat_template = 0;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ack, done) = std::sync::mpsc::channel();
+    let canceller = std::thread::spawn(move || {
+        rx.recv().unwrap();
+        let st = sb_session_cancel(handle as *mut sb_session);
+        ack.send(()).unwrap();
+        st
+    });
+    let mut r = Relay {
+        blocks: 0,
+        to_canceller: tx,
+        done,
+    };
+    let mut stats = sb_stats::default();
+    let st = unsafe {
+        sb_generate(
+            s,
+            p.as_ptr(),
+            &o,
+            Some(relay),
+            &mut r as *mut _ as *mut c_void,
+            &mut stats,
+            null_mut(),
+        )
+    };
+    assert_eq!(canceller.join().unwrap(), sb_status::SB_OK);
+    assert_eq!(st, sb_status::SB_OK);
+    assert_eq!((stats.stop_reason, stats.generated_tokens), (3, 8));
+    // the session is usable afterwards
+    assert_eq!(sb_session_reset(s), sb_status::SB_OK);
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &o, None, null_mut(), &mut stats, null_mut()) },
+        sb_status::SB_OK
+    );
+    assert_eq!((stats.stop_reason, stats.generated_tokens), (1, 24));
+    sb_session_free(s);
+    sb_model_free(m);
+}

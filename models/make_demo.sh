@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Re-creates the bundled demo model (models/demo, SBD-trained) and its NTP-trained twin
+# (models/demo-ntp) from nothing: task data -> BPE tokenizer + random Llama -> SBD and NTP
+# training (same data, steps, seeds; run side by side, one thread each) -> export -> verify.
+# Measured on the 2-core development machine: see models/demo/README.md.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/setup.sh --python
+py=.venv/bin/python
+work=${WORK:-runs}
+steps=${STEPS:-2500}
+mkdir -p "$work"
+[ -f "$work/data/train.jsonl" ] || $py -m setblock_export tasks --out "$work/data" --train-per-task 20000
+[ -d "$work/init" ] || $py -m setblock_export init --data "$work/data/train.jsonl" --out "$work/init" \
+  --hidden 256 --layers 4 --heads 8 --kv-heads 4 --intermediate 688 --max-positions 512 --seed 0
+common=(--checkpoint "$work/init" --data "$work/data/train.jsonl" --steps "$steps" --batch-size 32
+  --lr 1e-3 --warmup 100 --checkpoint-every 250 --threads 1 --seed 0)
+run() { # objective
+  local out="$work/$1"
+  if [ -f "$out/model.safetensors" ]; then return; fi
+  local resume=()
+  [ -d "$out/checkpoint" ] && resume=(--resume)
+  $py -m setblock_export finetune --objective "$1" "${common[@]}" --out "$out" "${resume[@]}"
+}
+run sbd > "$work/sbd.log" 2>&1 &
+sbd_pid=$!
+run ntp 2>&1 | tee "$work/ntp.log"
+wait $sbd_pid || { tail -n 5 "$work/sbd.log"; exit 1; }
+for name in sbd ntp; do
+  dest=models/demo$([ $name = ntp ] && echo -ntp || true)
+  rm -rf "$dest"
+  $py -m setblock_export export --checkpoint "$work/$name" --out "$dest" --block-sizes 2 16 --gammas 0.05 0.35
+  $py -m setblock_export verify --folder "$dest" --checkpoint "$work/$name"
+done
