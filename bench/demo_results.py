@@ -34,9 +34,7 @@ def bench(model: Path, rows: Path, *extra: str) -> list[dict]:
         "--json",
         *extra,
     ]
-    return json.loads(
-        subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    )
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def split(test: Path, out: Path, limit: int | None) -> dict[str, Path]:
@@ -51,9 +49,7 @@ def split(test: Path, out: Path, limit: int | None) -> dict[str, Path]:
     return files
 
 
-def cross_check(
-    model: Path, rows: Path, gamma: float, block: int, n: int
-) -> tuple[int, int]:
+def cross_check(model: Path, rows: Path, gamma: float, block: int, n: int) -> tuple[int, int]:
     sys.path.insert(0, str(ROOT / "export"))
     from setblock_export.decode import Reference
 
@@ -79,9 +75,7 @@ def cross_check(
             "--max-new-tokens",
             "256",
         ]
-        rust = json.loads(
-            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        )
+        rust = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         ids = ref.tok.encode(f"Question: {q}\nAnswer:", add_special_tokens=False).ids
         r = ref.sbd(ids, block, gamma, 256)
         same += int(r.tokens == rust["tokens"] and r.forwards == rust["forward_passes"])
@@ -90,9 +84,7 @@ def cross_check(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument(
-        "--limit", type=int, default=None, help="problems per task (default: all 300)"
-    )
+    ap.add_argument("--limit", type=int, default=None, help="problems per task (default: all 300)")
     ap.add_argument("--block-size", type=int, default=8)
     ap.add_argument("--data", type=Path, default=ROOT / "runs" / "data")
     a = ap.parse_args()
@@ -145,16 +137,8 @@ def table(out: dict) -> None:
     def cells(pick) -> str:
         return " | ".join(pick(out["tasks"][t]) for t in tasks)
 
-    lines.append(
-        "| NTP-trained, NTP decoding | "
-        + cells(lambda r: f"{r['ntp_trained']['accuracy']:.1f}")
-        + " |"
-    )
-    lines.append(
-        "| SBD-trained, NTP decoding | "
-        + cells(lambda r: f"{r['sbd_ntp']['accuracy']:.1f}")
-        + " |"
-    )
+    lines.append("| NTP-trained, NTP decoding | " + cells(lambda r: f"{r['ntp_trained']['accuracy']:.1f}") + " |")
+    lines.append("| SBD-trained, NTP decoding | " + cells(lambda r: f"{r['sbd_ntp']['accuracy']:.1f}") + " |")
     for name, g in (("gamma_low", out["gamma_low"]), ("gamma_high", out["gamma_high"])):
 
         def fmt(r, g=g) -> str:
@@ -172,17 +156,13 @@ def plot(out: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        1, len(out["tasks"]), figsize=(4.2 * len(out["tasks"]), 3.6), sharey=True
-    )
+    fig, axes = plt.subplots(1, len(out["tasks"]), figsize=(4.2 * len(out["tasks"]), 3.6), sharey=True)
     for ax, (task, r) in zip(axes, out["tasks"].items(), strict=True):
         xs = [s["forward_reduction_vs_ntp"] for s in r["sbd"]]
         ys = [s["accuracy"] for s in r["sbd"]]
         ax.plot(xs, ys, "o-", label="SBD (gamma sweep)")
         for x, y, g in zip(xs, ys, r["gammas"], strict=True):
-            ax.annotate(
-                f"{g:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7
-            )
+            ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.axhline(
             r["sbd_ntp"]["accuracy"],
             color="gray",

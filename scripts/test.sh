@@ -7,15 +7,22 @@ scripts/setup.sh --python
 
 echo "== cargo fmt / clippy"
 cargo fmt --all --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-cargo test --all-targets --quiet 2>&1 | grep -vE "^\s*$|^running 0 tests|^test result: ok. 0 passed"
-cargo test --doc --quiet 2>&1 | tail -n 2
+cargo test --workspace --all-targets --quiet 2>&1 | grep -vE "^\s*$|^running 0 tests|^test result: ok. 0 passed"
+cargo test --workspace --doc --quiet 2>&1 | tail -n 2
+
+echo "== C ABI example (gcc -Werror against bindings/include/setblock.h)"
+bindings/examples/c/run.sh tests/fixtures/tiny-llama "sort 3 1 2" > /dev/null
+
+echo "== Python binding (uniffi)"
+bindings/python/build.sh
+(cd bindings/python && PYTHONPATH=gen ../../.venv/bin/python -m pytest -q -p no:logging test_binding.py)
 
 echo "== ruff"
-.venv/bin/ruff check export
-.venv/bin/ruff format --check export
+.venv/bin/ruff check export bench bindings/python --exclude bindings/python/gen
+.venv/bin/ruff format --check export bench bindings/python --exclude bindings/python/gen
 
 echo "== pytest (export/)"
 cd export
