@@ -31,7 +31,32 @@ PY
   ln -sf "libonnxruntime.so.$ORT_VERSION" .setblock/onnxruntime/libonnxruntime.so
 fi
 
-if [ "${1:-}" = "--python" ]; then
+want_python=0
+want_kotlin=0
+for arg in "$@"; do
+  case "$arg" in
+    --python) want_python=1 ;;
+    --kotlin) want_kotlin=1 ;;
+    *) echo "setup: unknown option $arg (use --python, --kotlin)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$want_kotlin" = 1 ]; then
+  # JNA from Debian, kotlinc (with coroutines) from npm, project-local: for android/run-jvm-checks.sh
+  if [ ! -f /usr/share/java/jna.jar ] || [ ! -d /usr/lib/x86_64-linux-gnu/jni ]; then
+    echo "setup: installing Debian's JNA (libjna-java, libjna-jni)"
+    sudo_cmd=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq libjna-java libjna-jni > /dev/null
+  fi
+  if [ ! -x .setblock/kotlin/node_modules/kotlin-compiler/bin/kotlinc ]; then
+    echo "setup: installing kotlin-compiler 2.4.20 (npm) into .setblock/kotlin"
+    mkdir -p .setblock/kotlin
+    (cd .setblock/kotlin && npm install --silent --no-audit --no-fund kotlin-compiler@2.4.20 > /dev/null)
+  fi
+fi
+
+if [ "$want_python" = 1 ]; then
   stamp=.venv/.requirements.sha256
   want=$(sha256sum export/requirements.txt | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

@@ -3,7 +3,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-scripts/setup.sh --python
+scripts/setup.sh --python --kotlin
 
 echo "== cargo fmt / clippy"
 cargo fmt --all --check
@@ -19,6 +19,9 @@ bindings/examples/c/run.sh tests/fixtures/tiny-llama "sort 3 1 2" > /dev/null
 echo "== Python binding (uniffi)"
 bindings/python/build.sh
 (cd bindings/python && PYTHONPATH=gen ../../.venv/bin/python -m pytest -q -p no:logging test_binding.py)
+
+echo "== Kotlin bindings + SetblockEngine on the JVM"
+android/run-jvm-checks.sh tests/fixtures/tiny-llama | tail -n 1
 
 echo "== ruff"
 .venv/bin/ruff check export bench bindings/python --exclude bindings/python/gen

@@ -12,6 +12,7 @@ use setblock::{
 
 /// Every error, with the runtime's message (it names the constraint and the option to change).
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
 pub enum SetblockError {
     /// The model folder, its manifest, tokenizer or graph is wrong or missing.
     #[error("{message}")]
