@@ -9,6 +9,15 @@ echo "== cargo fmt / clippy"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== feature-gated execution providers compile"
+cargo check --quiet --features cuda,tensorrt,coreml,nnapi,xnnpack
+
+echo "== cross-compilation checks (Android arm64, iOS arm64)"
+rustup target add aarch64-linux-android aarch64-apple-ios > /dev/null 2>&1 || true
+for t in aarch64-linux-android aarch64-apple-ios; do
+  cargo check --quiet -p setblock-ffi --lib --target "$t"
+done
+
 echo "== cargo test"
 cargo test --workspace --all-targets --quiet 2>&1 | grep -vE "^\s*$|^running 0 tests|^test result: ok. 0 passed"
 cargo test --workspace --doc --quiet 2>&1 | tail -n 2

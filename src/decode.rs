@@ -47,6 +47,7 @@ pub(crate) struct Decoded {
 
 struct Clock {
     start: Instant,
+    run_seconds0: f64,
     prefill_ms: f64,
     first_ms: Option<f64>,
     forwards: usize,
@@ -164,6 +165,7 @@ impl Decoder<'_> {
                 0.0
             },
             total_ms: total,
+            onnx_runtime_ms: (self.buf.run_seconds - clock.run_seconds0) * 1e3,
             stop_reason: reason,
         };
         on(&Event::Finished(stats.clone()));
@@ -183,6 +185,7 @@ impl Decoder<'_> {
         }
         Ok(Clock {
             start: Instant::now(),
+            run_seconds0: self.buf.run_seconds,
             prefill_ms: 0.0,
             first_ms: None,
             forwards: 0,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The model folder (or a file it must hold) is missing.
-    #[error("model folder {path}: {what} not found ({hint})")]
+    #[error("{path}: {what} not found ({hint})")]
     MissingFile {
         /// The path that was looked for.
         path: PathBuf,

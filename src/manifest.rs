@@ -123,14 +123,14 @@ impl Manifest {
         if !dir.is_dir() {
             return Err(Error::MissingFile {
                 path: dir.to_path_buf(),
-                what: "the model folder",
+                what: "model folder",
                 hint: "pass --model / LoadOptions with a folder made by `python -m setblock_export export`",
             });
         }
         let path = dir.join("setblock.json");
         let text = std::fs::read_to_string(&path).map_err(|_| Error::MissingFile {
             path: path.clone(),
-            what: "setblock.json (the manifest)",
+            what: "the manifest setblock.json",
             hint: "export the model with `python -m setblock_export export`, which writes it",
         })?;
         let value: serde_json::Value =

@@ -78,6 +78,8 @@ pub struct StepBuffers {
     mask: Vec<f32>,
     /// Logits rows kept from the last forward (`rows * vocab`).
     pub logits: Vec<f32>,
+    /// Seconds spent inside ONNX Runtime's `run` since the buffers were made (or reset).
+    pub run_seconds: f64,
 }
 
 /// A loaded SBD model.
@@ -143,6 +145,38 @@ fn load_template(dir: &Path) -> Result<Option<ChatTemplate>> {
 }
 
 impl Model {
+    /// Median seconds of one forward of `n` clean tokens on top of `past` cached positions
+    /// (`reps` timed runs after one warm-up): the cost curve that decides what SBD can gain.
+    pub fn forward_cost(&self, past: usize, n: usize, reps: usize) -> Result<f64> {
+        if past + n > self.max_context {
+            return Err(Error::InvalidOption {
+                option: "past + tokens (bench-forward --past, --tokens)",
+                value: (past + n).to_string(),
+                constraint: format!("must fit max_context {}", self.max_context),
+            });
+        }
+        let run = RunOptions::new()?;
+        let mut cache = self.new_cache();
+        let mut buf = StepBuffers::default();
+        let filler: Vec<u32> = (0..past.max(n))
+            .map(|i| (i % self.manifest.vocab_size.max(1)) as u32)
+            .collect();
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            cache.reset();
+            if past > 0 {
+                self.forward(&mut cache, &filler[..past], past, 1, &mut buf, &run)?;
+            }
+            let t0 = std::time::Instant::now();
+            self.forward(&mut cache, &filler[..n], n, 1, &mut buf, &run)?;
+            if rep > 0 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times.get(times.len() / 2).copied().unwrap_or(0.0))
+    }
+
     /// Load and validate a model folder.
     pub fn load(folder: impl AsRef<Path>, opts: &LoadOptions) -> Result<Model> {
         let dir = folder.as_ref().to_path_buf();
@@ -171,7 +205,7 @@ impl Model {
         if !tok_path.is_file() {
             return Err(Error::MissingFile {
                 path: tok_path,
-                what: "the tokenizer",
+                what: "tokenizer",
                 hint: "the manifest's files.tokenizer must name a tokenizer.json in the folder",
             });
         }
@@ -195,7 +229,7 @@ impl Model {
         if !graph.is_file() {
             return Err(Error::MissingFile {
                 path: graph,
-                what: "the ONNX graph",
+                what: "ONNX graph",
                 hint: "the manifest's files.model must name the model.onnx in the folder",
             });
         }
@@ -342,7 +376,10 @@ impl Model {
             ));
         }
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run_with_options(inputs, run)?;
+        let t0 = std::time::Instant::now();
+        let outputs = session.run_with_options(inputs, run);
+        buf.run_seconds += t0.elapsed().as_secs_f64();
+        let outputs = outputs?;
         let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
         let vocab = m.vocab_size;
         if logits.len() != n * vocab {

@@ -310,7 +310,7 @@ pub fn build_session(
     if !graph.is_file() {
         return Err(Error::MissingFile {
             path: graph.to_path_buf(),
-            what: "the ONNX graph",
+            what: "ONNX graph",
             hint: "the manifest's files.model must name a file in the folder",
         });
     }

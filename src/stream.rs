@@ -37,6 +37,9 @@ pub struct Stats {
     pub decode_tokens_per_s: f64,
     /// Whole generation.
     pub total_ms: f64,
+    /// Time inside ONNX Runtime's runs; the rest of total_ms is the runtime's own work
+    /// (masks, sampler, cache copies, detokenizer, events).
+    pub onnx_runtime_ms: f64,
     /// Why it ended.
     pub stop_reason: StopReason,
 }

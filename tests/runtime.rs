@@ -425,4 +425,9 @@ fn events_arrive_in_order_with_consistent_stats() {
         .collect();
     assert_eq!(tokens, out.tokens);
     assert_eq!(out.stats.prompt_tokens, prompt().len());
+    assert!(
+        out.stats.onnx_runtime_ms > 0.0 && out.stats.onnx_runtime_ms <= out.stats.total_ms,
+        "{:?}",
+        out.stats
+    );
 }

@@ -137,6 +137,8 @@ typedef struct sb_stats {
   double decode_tokens_per_s;
   // Whole generation.
   double total_ms;
+  // Time inside ONNX Runtime.
+  double onnx_runtime_ms;
   // 0 eos, 1 max tokens, 2 stop string, 3 cancelled.
   int stop_reason;
 } sb_stats;

@@ -223,6 +223,8 @@ pub struct GenerationStats {
     pub decode_tokens_per_s: f64,
     /// Whole generation.
     pub total_ms: f64,
+    /// Time inside ONNX Runtime.
+    pub onnx_runtime_ms: f64,
     /// "eos", "max_tokens", "stop_string" or "cancelled".
     pub stop_reason: String,
 }
@@ -238,6 +240,7 @@ impl From<&setblock::Stats> for GenerationStats {
             time_to_first_token_ms: s.time_to_first_token_ms,
             decode_tokens_per_s: s.decode_tokens_per_s,
             total_ms: s.total_ms,
+            onnx_runtime_ms: s.onnx_runtime_ms,
             stop_reason: stop_reason_name(s.stop_reason).into(),
         }
     }

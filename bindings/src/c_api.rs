@@ -159,6 +159,8 @@ pub struct sb_stats {
     pub decode_tokens_per_s: f64,
     /// Whole generation.
     pub total_ms: f64,
+    /// Time inside ONNX Runtime.
+    pub onnx_runtime_ms: f64,
     /// 0 eos, 1 max tokens, 2 stop string, 3 cancelled.
     pub stop_reason: c_int,
 }
@@ -525,6 +527,7 @@ fn stats_of(s: &setblock::Stats) -> sb_stats {
         time_to_first_token_ms: s.time_to_first_token_ms,
         decode_tokens_per_s: s.decode_tokens_per_s,
         total_ms: s.total_ms,
+        onnx_runtime_ms: s.onnx_runtime_ms,
         stop_reason: match s.stop_reason {
             setblock::StopReason::Eos => 0,
             setblock::StopReason::MaxTokens => 1,

@@ -35,6 +35,26 @@ enum Command {
     Info(InfoArgs),
     /// NTP against SBD over a JSONL prompt file: forwards, tokens per forward, tokens/s, accuracy.
     Bench(BenchArgs),
+    /// The cost of one forward against the number of tokens in it, at several past lengths.
+    BenchForward(BenchForwardArgs),
+}
+
+#[derive(Args)]
+struct BenchForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tokens per forward.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
+    tokens: Vec<usize>,
+    /// Cached positions before the forward.
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 128, 384])]
+    past: Vec<usize>,
+    /// Timed runs per point (median reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -415,6 +435,7 @@ struct BenchResult {
     forward_reduction_vs_ntp: f64,
     decode_tokens_per_s: f64,
     mean_ttft_ms: f64,
+    runtime_overhead_pct: f64,
     accuracy: Option<f64>,
     per_task_accuracy: std::collections::BTreeMap<String, f64>,
 }
@@ -485,6 +506,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         vec![Default::default(); systems.len()];
     let mut decode_time = vec![0.0f64; systems.len()];
     let mut ttft = vec![0.0f64; systems.len()];
+    let mut total_ms = vec![0.0f64; systems.len()];
+    let mut ort_ms = vec![0.0f64; systems.len()];
     for pass in 0..passes {
         for (prompt, answer, task) in &rows {
             // interleave systems prompt by prompt so drift in machine load hits all of them alike
@@ -506,6 +529,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     }
                 }
                 decode_time[si] += (out.stats.total_ms - out.stats.prefill_ms) / 1e3;
+                total_ms[si] += out.stats.total_ms;
+                ort_ms[si] += out.stats.onnx_runtime_ms;
                 ttft[si] += out.stats.time_to_first_token_ms;
             }
         }
@@ -518,6 +543,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         r.forward_reduction_vs_ntp = ntp_forwards / r.forward_passes.max(1) as f64;
         r.decode_tokens_per_s = r.generated_tokens as f64 * reps / decode_time[si].max(1e-9);
         r.mean_ttft_ms = ttft[si] / (reps * r.prompts.max(1) as f64);
+        r.runtime_overhead_pct = 100.0 * (total_ms[si] - ort_ms[si]) / total_ms[si].max(1e-9);
         let (c, t) = correct[si]
             .values()
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -552,7 +578,49 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             format!("{:.2}x", r.forward_reduction_vs_ntp),
             format!("{:.0}", r.decode_tokens_per_s),
             format!("{:.1}", r.mean_ttft_ms),
+            format!("{:.1}", r.runtime_overhead_pct),
             r.accuracy.map_or("-".into(), |a| format!("{a:.1}")),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let mut rows = Vec::new();
+    let bar = ProgressBar::new((a.past.len() * a.tokens.len()) as u64);
+    for &past in &a.past {
+        // interleave the sizes so machine noise hits them alike; t(1) of this past is the unit
+        let mut t = Vec::new();
+        for &n in &a.tokens {
+            t.push(model.forward_cost(past, n, a.reps)?);
+            bar.inc(1);
+        }
+        let t1 = a.tokens.iter().position(|&n| n == 1).map(|i| t[i]);
+        for (i, &n) in a.tokens.iter().enumerate() {
+            rows.push(serde_json::json!({
+                "past": past, "tokens": n, "ms": t[i] * 1e3,
+                "ratio_to_one_token": t1.map(|t1| t[i] / t1),
+            }));
+        }
+    }
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header(["past", "tokens", "median ms", "t(n) / t(1)"]);
+    for r in &rows {
+        table.add_row([
+            r["past"].to_string(),
+            r["tokens"].to_string(),
+            format!("{:.3}", r["ms"].as_f64().unwrap_or(0.0)),
+            r["ratio_to_one_token"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}")),
         ]);
     }
     println!("{table}");
@@ -566,6 +634,7 @@ fn main() {
         Command::Chat(a) => chat(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::BenchForward(a) => bench_forward(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
