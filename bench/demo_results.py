@@ -85,7 +85,7 @@ def cross_check(model: Path, rows: Path, gamma: float, block: int, n: int) -> tu
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=None, help="problems per task (default: all 300)")
-    ap.add_argument("--block-size", type=int, default=8)
+    ap.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8], help="the first is the table's")
     ap.add_argument("--data", type=Path, default=ROOT / "runs" / "data")
     a = ap.parse_args()
     sbd_model, ntp_model = ROOT / "models" / "demo", ROOT / "models" / "demo-ntp"
@@ -94,31 +94,20 @@ def main() -> None:
     work = ROOT / "runs" / "results"
     work.mkdir(parents=True, exist_ok=True)
     files = split(a.data / "test.jsonl", work, a.limit)
-    out: dict = {
-        "block_size": a.block_size,
-        "gamma_low": low,
-        "gamma_high": high,
-        "tasks": {},
-    }
+    k0 = a.block_sizes[0]
+    out: dict = {"block_size": k0, "gamma_low": low, "gamma_high": high, "tasks": {}}
+    gammas = sorted(set(SWEEP + [low, high]))
     for task, f in files.items():
         print(f"== {task}", flush=True)
-        gammas = sorted(set(SWEEP + [low, high]))
-        sbd = bench(
-            sbd_model,
-            f,
-            "--block-size",
-            str(a.block_size),
-            "--gammas",
-            ",".join(map(str, gammas)),
-        )
         ntp = bench(ntp_model, f, "--ntp-only")
-        out["tasks"][task] = {
-            "ntp_trained": ntp[0],
-            "sbd_ntp": sbd[0],
-            "sbd": sbd[1:],
-            "gammas": gammas,
-        }
-        same, n = cross_check(sbd_model, f, low, a.block_size, 20)
+        r: dict = {"ntp_trained": ntp[0], "gammas": gammas, "by_block": {}}
+        for k in a.block_sizes:
+            sbd = bench(sbd_model, f, "--block-size", str(k), "--gammas", ",".join(map(str, gammas)))
+            r["by_block"][str(k)] = sbd[1:]
+            r.setdefault("sbd_ntp", sbd[0])
+        r["sbd"] = r["by_block"][str(k0)]
+        out["tasks"][task] = r
+        same, n = cross_check(sbd_model, f, low, k0, 20)
         out["tasks"][task]["reference_agreement"] = [same, n]
         print(f"   reference decoder agrees on {same}/{n}", flush=True)
     (ROOT / "docs" / "results.json").write_text(json.dumps(out, indent=1))
@@ -158,11 +147,12 @@ def plot(out: dict) -> None:
 
     fig, axes = plt.subplots(1, len(out["tasks"]), figsize=(4.2 * len(out["tasks"]), 3.6), sharey=True)
     for ax, (task, r) in zip(axes, out["tasks"].items(), strict=True):
-        xs = [s["forward_reduction_vs_ntp"] for s in r["sbd"]]
-        ys = [s["accuracy"] for s in r["sbd"]]
-        ax.plot(xs, ys, "o-", label="SBD (gamma sweep)")
-        for x, y, g in zip(xs, ys, r["gammas"], strict=True):
-            ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        for k, rows in r["by_block"].items():
+            xs = [s["forward_reduction_vs_ntp"] for s in rows]
+            ys = [s["accuracy"] for s in rows]
+            ax.plot(xs, ys, "o-", label=f"SBD block {k} (gamma sweep)")
+            for x, y, g in zip(xs, ys, r["gammas"], strict=True):
+                ax.annotate(f"{g:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
         ax.axhline(
             r["sbd_ntp"]["accuracy"],
             color="gray",

@@ -112,7 +112,13 @@ impl Decoder<'_> {
     ) -> Option<StopReason> {
         self.context.extend_from_slice(block);
         out.extend_from_slice(block);
-        let (text, stopped) = self.detok.push(&self.model.tokenizer, block);
+        let eos = &self.model.manifest.eos_token_ids;
+        // EOS ends the text: its own token text (e.g. "<|endoftext|>") is never shown
+        let visible = block
+            .iter()
+            .position(|t| eos.contains(t))
+            .unwrap_or(block.len());
+        let (text, stopped) = self.detok.push(&self.model.tokenizer, &block[..visible]);
         if clock.first_ms.is_none() {
             clock.first_ms = Some(clock.ms());
         }
@@ -121,7 +127,6 @@ impl Decoder<'_> {
             text,
             forwards,
         });
-        let eos = &self.model.manifest.eos_token_ids;
         if stopped {
             Some(StopReason::StopString)
         } else if block.iter().any(|t| eos.contains(t)) {

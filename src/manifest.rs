@@ -97,6 +97,9 @@ pub struct Manifest {
     pub block_sizes: BlockSizes,
     /// Recommended gamma values.
     pub gamma: Gammas,
+    /// The block size chosen for this model (on held-out data); default min(8, block_sizes.max).
+    #[serde(default)]
+    pub default_block_size: Option<usize>,
     /// Weight dtype of the export.
     pub dtype: String,
     /// `none`, `int8` or `int4`.
@@ -200,6 +203,14 @@ impl Manifest {
                 self.block_sizes.min, self.block_sizes.max
             )));
         }
+        if let Some(k) = self.default_block_size {
+            if k < 1 || k > self.block_sizes.max {
+                return Err(bad(format!(
+                    "default_block_size {k} is outside [1, block_sizes.max {}]",
+                    self.block_sizes.max
+                )));
+            }
+        }
         if self.max_positions < 2 {
             return Err(bad(format!(
                 "max_positions {} is too small",
@@ -225,6 +236,12 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The block size used when a generation does not name one.
+    pub fn block_size(&self) -> usize {
+        self.default_block_size
+            .unwrap_or(8.min(self.block_sizes.max))
     }
 
     /// Bytes of K and V for one cached position across all layers (float32).

@@ -19,7 +19,8 @@ use crate::stream::{Detokenizer, Event, Stats};
 pub struct GenerateOptions {
     /// NTP (baseline) or SBD.
     pub mode: Mode,
-    /// Block size k in SBD mode (default: min(8, the largest trained)); 1 runs the NTP loop.
+    /// Block size k in SBD mode (default: the manifest's default_block_size, else min(8, the
+    /// largest trained)); 1 runs the NTP loop.
     pub block_size: Option<usize>,
     /// Slot selection (default: EB-Sampler by entropy at the manifest's low gamma).
     pub selection: Option<Selection>,
@@ -158,7 +159,7 @@ impl Session {
     /// The block size and selection rule `opts` resolve to on this model (checked).
     pub fn resolve(&self, opts: &GenerateOptions) -> Result<(usize, Selection)> {
         let m = &self.model.manifest;
-        let k = opts.block_size.unwrap_or(8.min(m.block_sizes.max));
+        let k = opts.block_size.unwrap_or(m.block_size());
         if k == 0 || k > m.block_sizes.max {
             return Err(Error::InvalidOption {
                 option: "block_size",

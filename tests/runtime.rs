@@ -431,3 +431,41 @@ fn events_arrive_in_order_with_consistent_stats() {
         out.stats
     );
 }
+
+#[test]
+fn the_manifest_default_block_size_is_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(common::fixture()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let p = tmp.path().join("setblock.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["default_block_size"] = 2.into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    let model = Arc::new(
+        Model::load(
+            tmp.path(),
+            &LoadOptions {
+                threads: Some(1),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mut s = Session::new(model).unwrap();
+    let opts = GenerateOptions {
+        selection: Some(Selection::EbEntropy { gamma: 1e9 }),
+        max_new_tokens: 12,
+        ..GenerateOptions::default()
+    };
+    let mut sizes = Vec::new();
+    s.generate_tokens(&prompt(), &opts, &mut |e| {
+        if let Event::Block { tokens, .. } = e {
+            sizes.push(tokens.len());
+        }
+    })
+    .unwrap();
+    assert_eq!(sizes, [2; 6]);
+}

@@ -69,6 +69,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
         block_sizes=a.block_sizes,
         gammas=a.gammas,
         add_mask_token=a.add_mask_token,
+        default_block_size=a.default_block_size,
     )
     print(f"wrote {a.out}")
 
@@ -150,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
+    s.add_argument("--default-block-size", type=int, default=None, help="the runtime's block size for this model")
     s.add_argument("--block-sizes", type=int, nargs="+", default=[2, 16], metavar="K", help="trained range: min max")
     s.add_argument("--gammas", type=float, nargs=2, default=[0.1, 0.35], metavar=("LOW", "HIGH"))
     s.set_defaults(fn=_cmd_export)

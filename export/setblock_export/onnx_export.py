@@ -77,6 +77,7 @@ def export_folder(
     block_sizes: list[int] | None = None,
     gammas: list[float] | None = None,
     add_mask_token: bool = False,
+    default_block_size: int | None = None,
 ) -> Path:
     """Export ``checkpoint`` to the model folder ``out``."""
     out = Path(out)
@@ -98,11 +99,13 @@ def export_folder(
     mask_id, mask_source = find_mask_token(tok, model, add_mask_token)
     bs = block_sizes or [2, 16]
     gm = gammas or [0.1, 0.35]
+    if default_block_size is not None and not 1 <= default_block_size <= bs[-1]:
+        raise ExportError(f"--default-block-size {default_block_size}: must be in [1, {bs[-1]}] (the trained range)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm)
+        _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm, default_block_size)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,7 +147,7 @@ def _export_graph(model: nn.Module, path: Path) -> None:
     prog.save(str(path), external_data=big)
 
 
-def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm) -> None:  # noqa: ANN001, PLR0913
+def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm, default_k) -> None:  # noqa: ANN001, PLR0913
     cfg = model.config
     layers, heads, kv_heads, head_dim = arch.dims(cfg)
     graph = tmp / "model.onnx"
@@ -188,6 +191,7 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
         "max_positions": cfg.max_position_embeddings,
         "block_sizes": {"min": bs[0], "max": bs[-1]},
         "gamma": {"low": gm[0], "high": gm[1]},
+        "default_block_size": default_k,
         "dtype": "float32",
         "quantization": quantize,
         "kv_layout": "sequence-major",

@@ -99,7 +99,7 @@ struct DecodeArgs {
     /// sbd (Set Block Decoding) or ntp (one token per forward: the baseline).
     #[arg(long, value_enum, default_value = "sbd")]
     mode: ModeArg,
-    /// Block size k (1..=largest trained; default min(8, largest trained)).
+    /// Block size k (1..=largest trained; default: the model's default_block_size).
     #[arg(long)]
     block_size: Option<usize>,
     /// EB-Sampler entropy budget (default: the model's low gamma).
@@ -568,6 +568,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "forward reduction",
         "decode tokens/s",
         "TTFT ms",
+        "outside ORT %",
         "accuracy %",
     ]);
     for r in &acc {
