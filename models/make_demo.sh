@@ -30,6 +30,8 @@ wait $sbd_pid || { tail -n 5 "$work/sbd.log"; exit 1; }
 for name in sbd ntp; do
   dest=models/demo$([ $name = ntp ] && echo -ntp || true)
   rm -rf "$dest"
-  $py -m setblock_export export --checkpoint "$work/$name" --out "$dest" --block-sizes 2 16 --gammas 0.05 0.35
+  k=$([ $name = sbd ] && echo "--default-block-size 4" || true)
+  # shellcheck disable=SC2086
+  $py -m setblock_export export --checkpoint "$work/$name" --out "$dest" --block-sizes 2 16 --gammas 0.01 0.35 $k
   $py -m setblock_export verify --folder "$dest" --checkpoint "$work/$name"
 done

@@ -12,10 +12,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== feature-gated execution providers compile"
 cargo check --quiet --features cuda,tensorrt,coreml,nnapi,xnnpack
 
-echo "== cross-compilation checks (Android arm64, iOS arm64)"
-rustup target add aarch64-linux-android aarch64-apple-ios > /dev/null 2>&1 || true
+echo "== the FFI static library cross-builds (Android arm64, iOS arm64)"
+rustup target add aarch64-linux-android aarch64-apple-ios > /dev/null
 for t in aarch64-linux-android aarch64-apple-ios; do
-  cargo check --quiet -p setblock-ffi --lib --target "$t"
+  cargo rustc --quiet -p setblock-ffi --lib --target "$t" --crate-type staticlib
+  ls "target/$t/debug/libsetblock_ffi.a" > /dev/null
 done
 
 echo "== cargo test"

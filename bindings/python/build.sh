@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the FFI library and generates the Python module into bindings/python/gen/
-# (setblock_ffi.py + libsetblock_ffi.so); `PYTHONPATH=bindings/python/gen python -c "import setblock_ffi"`.
+# Builds the FFI library and generates the Python package into bindings/python/gen/setblock_ffi/
+# (__init__.py from uniffi + libsetblock_ffi.so). Use it in place
+# (`PYTHONPATH=bindings/python/gen python -c "import setblock_ffi"`) or install it:
+# `pip install bindings/python` (after this script), or build a wheel: `pip wheel bindings/python`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -9,6 +11,7 @@ flag=$([ "$profile" = release ] && echo --release || true)
 cargo build -p setblock-ffi $flag --quiet
 cargo build -p setblock-ffi --features bindgen --bin uniffi-bindgen --quiet
 out=bindings/python/gen
-rm -rf "$out" && mkdir -p "$out"
+rm -rf "$out" && mkdir -p "$out/setblock_ffi"
 target/debug/uniffi-bindgen generate --library "target/$profile/libsetblock_ffi.so" --language python --out-dir "$out" >/dev/null
-cp "target/$profile/libsetblock_ffi.so" "$out/"
+mv "$out/setblock_ffi.py" "$out/setblock_ffi/__init__.py"
+cp "target/$profile/libsetblock_ffi.so" "$out/setblock_ffi/"

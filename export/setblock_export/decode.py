@@ -22,10 +22,12 @@ from .masks import additive, step_allowed
 class TorchBackend:
     """Forward through PyTorch (arch.forward) on a HF checkpoint."""
 
-    def __init__(self, checkpoint: Path) -> None:
-        from transformers import AutoModelForCausalLM
+    def __init__(self, checkpoint: Path, mask_id: int | None = None) -> None:
+        from .hf import add_mask_row, load_model
 
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        self.model = load_model(checkpoint)
+        if mask_id is not None:  # a mask token added at export: the same deterministic row
+            add_mask_row(self.model, mask_id)
 
     def __call__(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray, past: list[np.ndarray]):  # noqa: ANN204
         pairs = [(torch.from_numpy(past[2 * i]), torch.from_numpy(past[2 * i + 1])) for i in range(len(past) // 2)]

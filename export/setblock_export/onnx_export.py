@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import FORMAT_VERSION, arch
+from .hf import add_mask_row, has_tokenizer, is_checkpoint, load_model, load_tokenizer
 
 IO = {
     "input_ids": "input_ids",
@@ -61,11 +61,7 @@ def find_mask_token(tok, model: nn.Module, add: bool) -> tuple[int, str]:  # noq
         )
     tok.add_special_tokens({"mask_token": "<|mask|>"})
     new_id = tok.mask_token_id
-    emb = model.get_input_embeddings().weight
-    if new_id >= emb.shape[0]:
-        model.resize_token_embeddings(new_id + 1, mean_resizing=False)
-        with torch.no_grad():  # deterministic row: the mean embedding
-            model.get_input_embeddings().weight[new_id] = emb[:new_id].mean(0)
+    add_mask_row(model, new_id)
     return new_id, "added <|mask|>"
 
 
@@ -84,16 +80,15 @@ def export_folder(
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").exists():
-        raise ExportError(f"{checkpoint} is not a Hugging Face checkpoint (no config.json)")
-    if not any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+    if not is_checkpoint(checkpoint):
+        raise ExportError(f"{checkpoint} is not a Hugging Face checkpoint (no config.json) nor a .gguf file")
+    if not has_tokenizer(checkpoint):
         raise ExportError(
             f"{checkpoint} has no tokenizer (tokenizer.json); copy the base model's tokenizer files there"
         )
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model = load_model(checkpoint)
     name = arch.architecture_of(model)
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(checkpoint)
+    tok = load_tokenizer(checkpoint)
     if tok.backend_tokenizer is None:
         raise ExportError(f"{checkpoint}: the tokenizer has no tokenizer.json form; the runtime needs one")
     mask_id, mask_source = find_mask_token(tok, model, add_mask_token)
@@ -172,7 +167,7 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
     eos_ids = sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else []))
     if tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
         eos_ids.append(tok.eos_token_id)
-    prov_path = checkpoint / "setblock_train.json"
+    prov_path = (checkpoint.parent if checkpoint.suffix == ".gguf" else checkpoint) / "setblock_train.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"base_model": str(checkpoint), "runs": []}
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -30,7 +30,8 @@ def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> l
     folder = Path(folder)
     m = json.loads((folder / "setblock.json").read_text())
     ckpt = Path(checkpoint or m["provenance"]["source_checkpoint"])
-    torch_ref = Reference(folder, TorchBackend(ckpt))
+    added = m.get("mask_token_source") == "added <|mask|>"
+    torch_ref = Reference(folder, TorchBackend(ckpt, m["mask_token_id"] if added else None))
     onnx_ref = Reference(folder, OnnxBackend(folder))
     rng = np.random.default_rng(seed)
     vocab = m["vocab_size"]
