@@ -34,8 +34,8 @@ echo "== Kotlin bindings + SetblockEngine on the JVM"
 android/run-jvm-checks.sh tests/fixtures/tiny-llama | tail -n 1
 
 echo "== ruff"
-.venv/bin/ruff check export bench bindings/python --exclude bindings/python/gen
-.venv/bin/ruff format --check export bench bindings/python --exclude bindings/python/gen
+.venv/bin/ruff check export bench bindings/python
+.venv/bin/ruff format --check export bench bindings/python
 
 echo "== pytest (export/)"
 cd export
