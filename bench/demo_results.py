@@ -85,7 +85,7 @@ def cross_check(model: Path, rows: Path, gamma: float, block: int, n: int) -> tu
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=None, help="problems per task (default: all 300)")
-    ap.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8], help="the first is the table's")
+    ap.add_argument("--block-sizes", type=int, nargs="+", default=[8, 4], help="the first is the table's")
     ap.add_argument("--data", type=Path, default=ROOT / "runs" / "data")
     ap.add_argument("--from-json", action="store_true", help="only redraw the table and plot from docs/results.json")
     a = ap.parse_args()

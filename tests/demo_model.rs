@@ -23,7 +23,7 @@ fn the_demo_model_answers_with_fewer_forwards_in_sbd_mode() {
     );
     assert_eq!(
         model.manifest.block_size(),
-        4,
+        8,
         "the block size chosen on the validation set"
     );
     let mut s = Session::new(model).unwrap();
