@@ -85,7 +85,8 @@ pub fn argmax(row: &[f32], skip: u32) -> u32 {
 }
 
 /// Entropy (natural log) and confidence (max probability) of the softmax of `row` without `skip`,
-/// computed in f64 like the reference decoder.
+/// in f64. One exp per entry: with z = sum e^(x-m), H = ln z - sum e^(x-m) (x-m) / z, which is
+/// -sum p ln p rewritten (the reference decoder computes the latter; the golden tests hold both equal).
 pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
     let mut m = f64::NEG_INFINITY;
     for (i, &v) in row.iter().enumerate() {
@@ -93,22 +94,18 @@ pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
             m = f64::from(v);
         }
     }
-    let mut z = 0.0f64;
+    let (mut z, mut s) = (0.0f64, 0.0f64);
     for (i, &v) in row.iter().enumerate() {
         if i as u32 != skip {
-            z += (f64::from(v) - m).exp();
-        }
-    }
-    let mut h = 0.0f64;
-    for (i, &v) in row.iter().enumerate() {
-        if i as u32 != skip {
-            let p = (f64::from(v) - m).exp() / z;
-            if p > 0.0 {
-                h -= p * p.ln();
+            let d = f64::from(v) - m;
+            let e = d.exp();
+            z += e;
+            if e > 0.0 {
+                s += e * d;
             }
         }
     }
-    (h, 1.0 / z)
+    (z.ln() - s / z, 1.0 / z)
 }
 
 impl Sampler {

@@ -33,7 +33,8 @@ pub struct Stats {
     pub prefill_ms: f64,
     /// Time until the first text was streamed.
     pub time_to_first_token_ms: f64,
-    /// Generated tokens per second after the first forward.
+    /// generated_tokens / (total_ms - prefill_ms), per second (in SBD mode the first forward
+    /// already reveals part of the first block, so this slightly favours SBD on short outputs).
     pub decode_tokens_per_s: f64,
     /// Whole generation.
     pub total_ms: f64,

@@ -419,6 +419,7 @@ impl SbModel {
 pub struct SbSession {
     inner: Mutex<Session>,
     cancel: setblock::CancelHandle,
+    gamma_low: f64,
 }
 
 /// Run `f` on the session, or say Busy when another thread is generating.
@@ -446,6 +447,11 @@ impl SbSession {
         with_session(&self.inner, |s| Ok(s.generate(prompt, &opts, |e| on(e))?))
     }
 
+    /// The model's recommended low gamma (the default entropy budget).
+    pub fn gamma_low(&self) -> f64 {
+        self.gamma_low
+    }
+
     /// The cancel handle (usable from any thread without the session lock).
     pub fn cancel_handle(&self) -> &setblock::CancelHandle {
         &self.cancel
@@ -462,6 +468,7 @@ impl SbSession {
         Ok(Arc::new(SbSession {
             inner: Mutex::new(session),
             cancel,
+            gamma_low: model.inner.manifest.gamma.low,
         }))
     }
 

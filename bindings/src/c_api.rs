@@ -537,7 +537,11 @@ fn stats_of(s: &setblock::Stats) -> sb_stats {
     }
 }
 
-fn config_of(o: &sb_generate_options, stop: Option<String>) -> GenerateConfig {
+fn config_of(
+    o: &sb_generate_options,
+    stop: Option<String>,
+    model_gamma_low: f64,
+) -> GenerateConfig {
     let gamma = (o.gamma >= 0.0).then_some(o.gamma);
     GenerateConfig {
         mode: if o.mode == sb_mode::SB_MODE_NTP {
@@ -552,7 +556,7 @@ fn config_of(o: &sb_generate_options, stop: Option<String>) -> GenerateConfig {
                 Some(SlotSelection::EbEntropy { gamma: g })
             }
             (sb_selection::SB_SELECT_EB_CONFIDENCE, g) => Some(SlotSelection::EbConfidence {
-                gamma: g.unwrap_or(0.1),
+                gamma: g.unwrap_or(model_gamma_low),
             }),
             (sb_selection::SB_SELECT_THRESHOLD, _) => {
                 Some(SlotSelection::Threshold { tau: o.threshold })
@@ -603,7 +607,7 @@ pub unsafe extern "C" fn sb_generate(
             unsafe { *options }
         };
         let stop = tri!(unsafe { opt_str(o.stop, "stop") });
-        let config = config_of(&o, stop);
+        let config = config_of(&o, stop, s.gamma_low());
         let cancel = s.cancel_handle().clone();
         let mut text_buf = CString::default();
         let result = s.generate_with(&prompt, &config, &mut |e: &Event| {
