@@ -20,6 +20,9 @@ stage1=(--data "$work/data/train.jsonl" --steps "$steps" --batch-size 32 --lr 1e
   --checkpoint-every 250 --threads 1 --seed 0)
 stage2=(--data "$work/data/train.jsonl" --steps "${STEPS2:-1000}" --batch-size 32 --lr 3e-4 --warmup 50
   --checkpoint-every 250 --threads 1 --seed 1)
+# stage 3: 1,500 steps at lr 2e-4 from stage 2 (seed 2): closes the gap between SBD and NTP decoding
+stage3=(--data "$work/data/train.jsonl" --steps "${STEPS3:-1500}" --batch-size 32 --lr 2e-4 --warmup 50
+  --checkpoint-every 250 --threads 1 --seed 2)
 run() { # objective start out args...
   local objective=$1 start=$2 out=$3
   shift 3
@@ -31,6 +34,7 @@ run() { # objective start out args...
 both() { # objective
   run "$1" "$work/init" "$work/$1" "${stage1[@]}"
   run "$1" "$work/$1" "$work/$1-stage2" "${stage2[@]}"
+  run "$1" "$work/$1-stage2" "$work/$1-stage3" "${stage3[@]}"
 }
 both sbd > "$work/sbd.log" 2>&1 &
 sbd_pid=$!
@@ -41,6 +45,6 @@ for name in sbd ntp; do
   rm -rf "$dest"
   k=$([ $name = sbd ] && echo "--default-block-size 8" || true)
   # shellcheck disable=SC2086
-  $py -m setblock_export export --checkpoint "$work/$name-stage2" --out "$dest" --block-sizes 2 16 --gammas 0.01 0.05 $k
-  $py -m setblock_export verify --folder "$dest" --checkpoint "$work/$name-stage2"
+  $py -m setblock_export export --checkpoint "$work/$name-stage3" --out "$dest" --block-sizes 2 16 --gammas 0.01 0.05 $k
+  $py -m setblock_export verify --folder "$dest" --checkpoint "$work/$name-stage3"
 done

@@ -65,17 +65,17 @@ impl Decoder<'_> {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// One forward over `self.input`; maps an aborted run to `Ok(false)`.
+    /// One forward over `self.input`, keeping the logits rows set in `self.buf`; maps an aborted
+    /// run to `Ok(false)`.
     fn forward(
         &mut self,
         causal: usize,
-        keep: usize,
         clock: &mut Clock,
         on: &mut dyn FnMut(&Event),
     ) -> Result<bool> {
         let r = self
             .model
-            .forward(self.cache, self.input, causal, keep, self.buf, self.run);
+            .forward(self.cache, self.input, causal, self.buf, self.run);
         if let Err(e) = r {
             return if self.is_cancelled() {
                 Ok(false)
@@ -209,7 +209,8 @@ impl Decoder<'_> {
                 return Ok(self.finish(out, StopReason::Cancelled, clock, on));
             }
             let causal = self.pending_into_input();
-            if !self.forward(causal, 1, &mut clock, on)? {
+            self.buf.keep_last(self.input.len());
+            if !self.forward(causal, &mut clock, on)? {
                 return Ok(self.finish(out, StopReason::Cancelled, clock, on));
             }
             block[0] = self.sampler.choose(&self.buf.logits, mask_id, self.context);
@@ -255,27 +256,33 @@ impl Decoder<'_> {
                 }
                 let causal = self.pending_into_input();
                 self.input.extend_from_slice(&block[..end]);
-                if !self.forward(causal, end, &mut clock, on)? {
+                // Only the still-masked slots are read: the rows of the causal tokens and of
+                // revealed slots skip the vocabulary projection.
+                self.buf
+                    .keep((0..end).filter(|&s| !revealed[s]).map(|s| causal + s));
+                if !self.forward(causal, &mut clock, on)? {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
                 forwards += 1;
                 self.scores.clear();
-                for (slot, _) in revealed[..end].iter().enumerate().filter(|(_, r)| !**r) {
+                let masked = (0..end).filter(|&s| !revealed[s]);
+                for (row, slot) in masked.enumerate() {
                     let (entropy, confidence) = entropy_confidence(
-                        &self.buf.logits[slot * vocab..(slot + 1) * vocab],
+                        &self.buf.logits[row * vocab..(row + 1) * vocab],
                         mask_id,
                     );
                     self.scores.push(SlotScore {
                         slot,
+                        row,
                         entropy,
                         confidence,
                     });
                 }
                 let n = select(rule, self.scores);
                 for i in 0..n {
-                    let slot = self.scores[i].slot;
+                    let SlotScore { slot, row, .. } = self.scores[i];
                     block[slot] = self.sampler.choose(
-                        &self.buf.logits[slot * vocab..(slot + 1) * vocab],
+                        &self.buf.logits[row * vocab..(row + 1) * vocab],
                         mask_id,
                         self.context,
                     );

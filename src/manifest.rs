@@ -36,11 +36,16 @@ pub struct IoNames {
     pub position_ids: String,
     /// float32 additive `[batch, 1, seq, past + seq]`.
     pub attention_mask: String,
+    /// Optional int64 `[rows]`: the positions of this forward whose logits are computed (the
+    /// runtime passes only the ones it reads). Absent in graphs exported before it existed, which
+    /// compute every position's logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_index: Option<String>,
     /// `[batch, past, kv_heads, head_dim]`.
     pub past_key: String,
     /// `[batch, past, kv_heads, head_dim]`.
     pub past_value: String,
-    /// `[batch, seq, vocab]`.
+    /// `[batch, seq, vocab]`, or `[batch, rows, vocab]` with `logits_index`.
     pub logits: String,
     /// `[batch, seq, kv_heads, head_dim]`: this forward's positions only.
     pub present_key: String,

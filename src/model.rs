@@ -76,10 +76,26 @@ pub struct StepBuffers {
     ids: Vec<i64>,
     pos: Vec<i64>,
     mask: Vec<f32>,
-    /// Logits rows kept from the last forward (`rows * vocab`).
+    /// Positions (relative to the forward's first token) whose logits the next forward keeps.
+    rows: Vec<i64>,
+    /// Logits of the kept rows of the last forward, in the order of `rows` (`rows * vocab`).
     pub logits: Vec<f32>,
     /// Seconds spent inside ONNX Runtime's `run` since the buffers were made (or reset).
     pub run_seconds: f64,
+}
+
+impl StepBuffers {
+    /// Keep the logits of the last position only (NTP, prefill).
+    pub(crate) fn keep_last(&mut self, n: usize) {
+        self.rows.clear();
+        self.rows.push(n as i64 - 1);
+    }
+
+    /// Keep the logits of these positions (relative to the forward's first token), in this order.
+    pub(crate) fn keep(&mut self, rows: impl IntoIterator<Item = usize>) {
+        self.rows.clear();
+        self.rows.extend(rows.into_iter().map(|r| r as i64));
+    }
 }
 
 /// A loaded SBD model.
@@ -165,10 +181,12 @@ impl Model {
         for rep in 0..=reps {
             cache.reset();
             if past > 0 {
-                self.forward(&mut cache, &filler[..past], past, 1, &mut buf, &run)?;
+                buf.keep_last(past);
+                self.forward(&mut cache, &filler[..past], past, &mut buf, &run)?;
             }
+            buf.keep_last(n);
             let t0 = std::time::Instant::now();
-            self.forward(&mut cache, &filler[..n], n, 1, &mut buf, &run)?;
+            self.forward(&mut cache, &filler[..n], n, &mut buf, &run)?;
             if rep > 0 {
                 times.push(t0.elapsed().as_secs_f64());
             }
@@ -331,20 +349,21 @@ impl Model {
 
     /// One forward: `tokens` = `causal` clean tokens then the block slots, at positions
     /// `cache.len()..`. The K/V of the clean tokens are committed to `cache`; nothing of the
-    /// block is. The logits of the last `keep_rows` positions are left in `buf.logits`.
+    /// block is. The logits of the positions set by `buf.keep*` are left in `buf.logits`; with a
+    /// `logits_index` input only those rows go through the final norm and vocabulary projection.
     pub(crate) fn forward(
         &self,
         cache: &mut KvCache,
         tokens: &[u32],
         causal: usize,
-        keep_rows: usize,
         buf: &mut StepBuffers,
         run: &RunOptions,
     ) -> Result<()> {
         let m = &self.manifest;
         let past = cache.len();
         let n = tokens.len();
-        debug_assert!(causal <= n && keep_rows <= n && past + n <= cache.capacity());
+        debug_assert!(causal <= n && past + n <= cache.capacity());
+        debug_assert!(buf.rows.iter().all(|&r| r >= 0 && (r as usize) < n));
         buf.ids.clear();
         buf.ids.extend(tokens.iter().map(|&t| i64::from(t)));
         buf.pos.clear();
@@ -352,7 +371,7 @@ impl Model {
         mask::fill(&mut buf.mask, past, causal, n - causal);
         let (kvh, hd) = (m.num_kv_heads, m.head_dim);
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + 2 * m.num_layers);
+            Vec::with_capacity(4 + 2 * m.num_layers);
         inputs.push((
             Cow::Borrowed(m.io.input_ids.as_str()),
             TensorRef::from_array_view(([1, n], &buf.ids[..]))?.into(),
@@ -365,6 +384,12 @@ impl Model {
             Cow::Borrowed(m.io.attention_mask.as_str()),
             TensorRef::from_array_view(([1, 1, n, past + n], &buf.mask[..]))?.into(),
         ));
+        if let Some(name) = &m.io.logits_index {
+            inputs.push((
+                Cow::Borrowed(name.as_str()),
+                TensorRef::from_array_view(([buf.rows.len()], &buf.rows[..]))?.into(),
+            ));
+        }
         for (l, (k, v)) in self.past_names.iter().enumerate() {
             inputs.push((
                 Cow::Borrowed(k.as_str()),
@@ -382,18 +407,30 @@ impl Model {
         let outputs = outputs?;
         let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
         let vocab = m.vocab_size;
-        if logits.len() != n * vocab {
+        let rows = if m.io.logits_index.is_some() {
+            buf.rows.len()
+        } else {
+            n
+        };
+        if logits.len() != rows * vocab {
             return Err(Error::Graph {
                 path: self.folder.join(&m.files.model),
                 message: format!(
-                    "logits hold {} values, expected {n} x {vocab}",
+                    "logits hold {} values, expected {rows} x {vocab}",
                     logits.len()
                 ),
             });
         }
         buf.logits.clear();
-        buf.logits
-            .extend_from_slice(&logits[(n - keep_rows) * vocab..]);
+        if m.io.logits_index.is_some() {
+            buf.logits.extend_from_slice(logits);
+        } else {
+            for &r in &buf.rows {
+                let r = r as usize;
+                buf.logits
+                    .extend_from_slice(&logits[r * vocab..(r + 1) * vocab]);
+            }
+        }
         if causal > 0 {
             for (l, (k, v)) in self.present_names.iter().enumerate() {
                 let (_, keys) = outputs[k.as_str()].try_extract_tensor::<f32>()?;
@@ -424,6 +461,7 @@ fn check_graph(
         m.io.position_ids.as_str(),
         m.io.attention_mask.as_str(),
     ];
+    want_in.extend(m.io.logits_index.as_deref());
     want_in.extend(past.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
     for w in &want_in {
         if !inputs.contains(w) {
@@ -435,10 +473,11 @@ fn check_graph(
     }
     if inputs.len() != want_in.len() {
         return Err(bad(format!(
-            "the graph has {} inputs but the manifest describes {} ({} layers x 2 past + 3): num_layers disagrees with the graph",
+            "the graph has {} inputs but the manifest describes {} ({} layers x 2 past + {}): num_layers or io.logits_index disagrees with the graph",
             inputs.len(),
             want_in.len(),
-            m.num_layers
+            m.num_layers,
+            want_in.len() - 2 * m.num_layers
         )));
     }
     let mut want_out = vec![m.io.logits.as_str()];

@@ -62,6 +62,8 @@ impl Selection {
 pub struct SlotScore {
     /// Index of the slot in its block.
     pub slot: usize,
+    /// Row of its logits in the forward's kept rows.
+    pub row: usize,
     /// Entropy (nats) of its distribution (mask token excluded).
     pub entropy: f64,
     /// Its largest probability.
@@ -125,6 +127,7 @@ mod tests {
             .enumerate()
             .map(|(slot, &entropy)| SlotScore {
                 slot,
+                row: slot,
                 entropy,
                 confidence: (-entropy).exp(),
             })

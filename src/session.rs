@@ -359,13 +359,14 @@ mod tests {
         let mut buf = StepBuffers::default();
         let run = RunOptions::new().unwrap();
         run.terminate().unwrap();
+        buf.keep_last(3);
         assert!(model
-            .forward(&mut cache, &[5, 6, 7], 3, 1, &mut buf, &run)
+            .forward(&mut cache, &[5, 6, 7], 3, &mut buf, &run)
             .is_err());
         assert_eq!(cache.len(), 0, "a failed forward commits nothing");
         run.unterminate().unwrap();
         model
-            .forward(&mut cache, &[5, 6, 7], 3, 1, &mut buf, &run)
+            .forward(&mut cache, &[5, 6, 7], 3, &mut buf, &run)
             .unwrap();
         assert_eq!(cache.len(), 3);
     }

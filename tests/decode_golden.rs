@@ -30,7 +30,24 @@ fn tokenizer_matches_the_reference_encoding() {
 
 #[test]
 fn every_golden_case_matches_tokens_and_forwards() {
-    let model = common::model();
+    golden_cases_match(common::model());
+}
+
+/// A folder exported before `logits_index` (every row's logits computed) decodes identically.
+#[test]
+fn graphs_without_logits_index_decode_the_same() {
+    let dir = common::fixture().with_file_name("tiny-llama-full-logits");
+    let opts = setblock::LoadOptions {
+        threads: Some(1),
+        ..setblock::LoadOptions::default()
+    };
+    let model = std::sync::Arc::new(setblock::Model::load(dir, &opts).unwrap());
+    assert!(model.manifest.io.logits_index.is_none());
+    assert!(common::model().manifest.io.logits_index.is_some());
+    golden_cases_match(model);
+}
+
+fn golden_cases_match(model: std::sync::Arc<setblock::Model>) {
     let mut session = Session::new(model).unwrap();
     let cases = common::golden();
     assert!(cases.len() >= 80, "golden.json holds {} cases", cases.len());

@@ -59,11 +59,14 @@ def forward(
     past: list[KV] | None = None,
     *,
     sdpa: bool = False,
+    logits_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[KV]]:
     """Logits ``[B, S, V]`` and presents (new positions only, ``[B, S, kv_heads, head_dim]``).
 
     ``mask`` is additive, ``[B, 1, S, past + S]``: 0 where a query may attend, a large negative
     number where it may not. ``past`` is a list of (key, value) ``[B, past, kv_heads, head_dim]``.
+    ``logits_index`` (int64 ``[R]``) keeps only those positions: logits are then ``[B, R, V]`` and
+    the final norm and vocabulary projection run on R rows, not S (the positions nobody reads).
     """
     inner = model.model
     _, heads, kv_heads, head_dim = dims(model.config)
@@ -101,4 +104,6 @@ def forward(
         o = o.transpose(1, 2).reshape(b, s, heads * head_dim)
         h = h + attn.o_proj(o)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
+    if logits_index is not None:
+        h = h.index_select(1, logits_index)
     return model.lm_head(inner.norm(h)), presents

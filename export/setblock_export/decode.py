@@ -48,10 +48,25 @@ class OnnxBackend:
         so.intra_op_num_threads = threads
         self.sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.sess.get_inputs()]
+        # Format-1 graphs exported before `logits_index` existed compute every row's logits.
+        self.has_index = "logits_index" in self.names
+        self.past_names = [n for n in self.names if n.startswith("past_key_values.")]
 
-    def __call__(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray, past: list[np.ndarray]):  # noqa: ANN204
+    def __call__(  # noqa: ANN204
+        self,
+        ids: np.ndarray,
+        pos: np.ndarray,
+        mask: np.ndarray,
+        past: list[np.ndarray],
+        rows: np.ndarray | None = None,
+    ):
+        """Logits of ``rows`` (default: every position) and the presents."""
         feed = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
-        for name, t in zip(self.names[3:], past, strict=True):
+        if self.has_index:
+            feed["logits_index"] = np.arange(ids.shape[1], dtype=np.int64) if rows is None else rows
+        elif rows is not None:
+            raise ValueError("this graph has no logits_index input (exported before it existed)")
+        for name, t in zip(self.past_names, past, strict=True):
             feed[name] = t
         out = self.sess.run(None, feed)
         return out[0], out[1:]
@@ -92,12 +107,17 @@ class Reference:
         shape = (1, 0, self.m["num_kv_heads"], self.m["head_dim"])
         return [np.zeros(shape, np.float32) for _ in range(2 * self.m["num_layers"])]
 
-    def step(self, cache: list[np.ndarray], causal: list[int], block: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One forward: ``causal`` clean tokens (their K/V returned) then ``block`` slots."""
+    def inputs(self, cache: list[np.ndarray], causal: list[int], block: list[int]) -> tuple[np.ndarray, ...]:
+        """input_ids, position_ids and the additive block mask of one forward."""
         past = cache[0].shape[1]
         ids = np.array([causal + block], dtype=np.int64)
         pos = np.arange(past, past + ids.shape[1], dtype=np.int64)[None]
         mask = additive(step_allowed(past, len(causal), len(block))).numpy()
+        return ids, pos, mask
+
+    def step(self, cache: list[np.ndarray], causal: list[int], block: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One forward: ``causal`` clean tokens (their K/V returned) then ``block`` slots."""
+        ids, pos, mask = self.inputs(cache, causal, block)
         logits, presents = self.backend(ids, pos, mask, cache)
         return logits[0], presents
 

@@ -21,6 +21,7 @@ IO = {
     "input_ids": "input_ids",
     "position_ids": "position_ids",
     "attention_mask": "attention_mask",
+    "logits_index": "logits_index",
     "past_key": "past_key_values.%d.key",
     "past_value": "past_key_values.%d.value",
     "logits": "logits",
@@ -39,9 +40,11 @@ class _Graph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attention_mask, past):  # noqa: ANN001, ANN202
+    def forward(self, input_ids, position_ids, attention_mask, logits_index, past):  # noqa: ANN001, ANN202
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, presents = arch.forward(self.model, input_ids, position_ids, attention_mask, pairs)
+        logits, presents = arch.forward(
+            self.model, input_ids, position_ids, attention_mask, pairs, logits_index=logits_index
+        )
         return (logits, *[t for kv in presents for t in kv])
 
 
@@ -114,15 +117,17 @@ def _export_graph(model: nn.Module, path: Path) -> None:
     ids = torch.randint(0, model.config.vocab_size, (b, s))
     pos = torch.arange(p, p + s).repeat(b, 1)
     mask = torch.zeros(b, 1, s, p + s)
+    keep = torch.tensor([2, 3, 4])  # 3 of the 5 positions: the rows the runtime reads
     past = [torch.randn(b, p, kv_heads, head_dim) for _ in range(2 * layers)]
     auto = torch.export.Dim.AUTO
     dyn = (
         {0: auto, 1: auto},
         {0: auto, 1: auto},
         {0: auto, 2: auto, 3: auto},
+        {0: auto},
         [{0: auto, 1: auto} for _ in past],
     )
-    names_in = ["input_ids", "position_ids", "attention_mask"]
+    names_in = ["input_ids", "position_ids", "attention_mask", "logits_index"]
     names_out = ["logits"]
     for i in range(layers):
         names_in += [IO["past_key"] % i, IO["past_value"] % i]
@@ -131,7 +136,7 @@ def _export_graph(model: nn.Module, path: Path) -> None:
     with torch.no_grad():
         prog = torch.onnx.export(
             _Graph(model).eval(),
-            (ids, pos, mask, past),
+            (ids, pos, mask, keep, past),
             dynamo=True,
             opset_version=18,
             input_names=names_in,

@@ -64,6 +64,15 @@ def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> l
     compare(f"SBD step ({k} causal + {k} slots)", ct, co, causal, block)
     # (3) block-only step
     compare(f"block-only step ({k} slots)", ct, co, [], block)
+    # (3b) the rows the runtime reads: logits_index keeps the k slots of a causal+block step
+    backend = onnx_ref.backend
+    if isinstance(backend, OnnxBackend) and backend.has_index:
+        lt, _ = torch_ref.step(ct, causal, block)
+        ids, pos, mask = onnx_ref.inputs(co, causal, block)
+        rows = np.arange(len(causal), len(causal) + len(block), dtype=np.int64)
+        lo, _ = backend(ids, pos, mask, co, rows)
+        d, a = _diff(lt[-k:], lo[0]), _agree(lt[-k:], lo[0])
+        out.append({"check": f"logits_index keeps {k} of {2 * k} rows", "max_abs_diff": d, "top1": a})
     # (4) 6-step decode through the cache vs no-cache recompute (ONNX cache vs PyTorch full prefix)
     seq = list(prompt)
     cache = onnx_ref.commit(e, po, len(prompt))
