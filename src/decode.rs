@@ -12,6 +12,7 @@ use ort::session::RunOptions;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
+use crate::policy::{AutoPolicy, Step};
 use crate::sample::{entropy_confidence, Sampler};
 use crate::select::{select, Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats, StopReason};
@@ -23,6 +24,10 @@ pub enum Mode {
     Ntp,
     /// Set Block Decoding.
     Sbd,
+    /// Per block, NTP or SBD at the block size (up to the chosen one) that maximises expected
+    /// tokens per second, from the device's measured cost curve ([`crate::Model::cost_curve`])
+    /// and the tokens per forward observed so far in this generation.
+    Auto,
 }
 
 /// Everything a decode loop borrows.
@@ -51,6 +56,7 @@ struct Clock {
     prefill_ms: f64,
     first_ms: Option<f64>,
     forwards: usize,
+    blocks: usize,
     prompt_tokens: usize,
 }
 
@@ -157,6 +163,7 @@ impl Decoder<'_> {
             prompt_tokens: clock.prompt_tokens,
             generated_tokens: out.len(),
             forward_passes: clock.forwards,
+            sbd_blocks: clock.blocks,
             tokens_per_forward: if clock.forwards > 0 {
                 out.len() as f64 / clock.forwards as f64
             } else {
@@ -194,6 +201,7 @@ impl Decoder<'_> {
             prefill_ms: 0.0,
             first_ms: None,
             forwards: 0,
+            blocks: 0,
             prompt_tokens,
         })
     }
@@ -223,12 +231,14 @@ impl Decoder<'_> {
         }
     }
 
-    /// SBD: blocks of `k` slots, revealed by `rule`.
+    /// SBD: blocks of `k` slots, revealed by `rule`; with a policy, each block's size (or an NTP
+    /// step instead) is the policy's choice.
     pub fn sbd(
         mut self,
         k: usize,
         rule: Selection,
         max_new: usize,
+        mut policy: Option<AutoPolicy>,
         on: &mut dyn FnMut(&Event),
     ) -> Result<Decoded> {
         let mut clock = self.start_clock()?;
@@ -240,6 +250,25 @@ impl Decoder<'_> {
         let mut block: Vec<u32> = Vec::with_capacity(k);
         let mut revealed: Vec<bool> = Vec::with_capacity(k);
         while out.len() < max_new {
+            let k = match policy.as_mut().map(AutoPolicy::choose) {
+                Some(Step::Ntp) => {
+                    if self.is_cancelled() {
+                        return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                    }
+                    let causal = self.pending_into_input();
+                    self.buf.keep_last(self.input.len());
+                    if !self.forward(causal, &mut clock, on)? {
+                        return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                    }
+                    let t = [self.sampler.choose(&self.buf.logits, mask_id, self.context)];
+                    if let Some(reason) = self.emit(&t, 1, &mut out, &mut clock, on) {
+                        return Ok(self.finish(out, reason, clock, on));
+                    }
+                    continue;
+                }
+                Some(Step::Block(b)) => b,
+                None => k,
+            };
             let kk = k.min(max_new - out.len());
             block.clear();
             block.resize(kk, mask_id);
@@ -292,6 +321,10 @@ impl Decoder<'_> {
                     end = i + 1;
                 }
             }
+            if let Some(p) = policy.as_mut() {
+                p.observe(k, end, forwards);
+            }
+            clock.blocks += 1;
             if let Some(reason) = self.emit(&block[..end], forwards, &mut out, &mut clock, on) {
                 return Ok(self.finish(out, reason, clock, on));
             }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -15,6 +15,7 @@ use crate::kv_cache::KvCache;
 use crate::manifest::{IoNames, Manifest};
 use crate::mask;
 use crate::ort_env::{self, ExecutionProvider, ProfileShapes};
+use crate::policy::{self, CostCurve};
 
 /// Default cap on the KV cache: a model's full context preallocated by default is how peers'
 /// users run out of memory.
@@ -98,6 +99,38 @@ impl StepBuffers {
     }
 }
 
+/// A filled cache to time forwards on (`Model::probe`); nothing it runs is committed.
+pub struct Probe<'a> {
+    model: &'a Model,
+    cache: KvCache,
+    buf: StepBuffers,
+    run: RunOptions,
+    filler: Vec<u32>,
+}
+
+impl Probe<'_> {
+    /// Seconds of one forward of `n` tokens keeping the logits of the last `rows`.
+    pub fn time(&mut self, n: usize, rows: usize) -> Result<f64> {
+        let n = n.min(self.filler.len()).max(1);
+        let rows = rows.clamp(1, n);
+        self.buf.keep(n - rows..n);
+        let t0 = std::time::Instant::now();
+        self.model.forward(
+            &mut self.cache,
+            &self.filler[..n],
+            0,
+            &mut self.buf,
+            &self.run,
+        )?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// A loaded SBD model.
 pub struct Model {
     /// The folder it came from.
@@ -113,6 +146,7 @@ pub struct Model {
     max_context: usize,
     providers: Vec<String>,
     ort_library: PathBuf,
+    cost_curve: OnceLock<CostCurve>,
 }
 
 impl std::fmt::Debug for Model {
@@ -161,38 +195,85 @@ fn load_template(dir: &Path) -> Result<Option<ChatTemplate>> {
 }
 
 impl Model {
-    /// Median seconds of one forward of `n` clean tokens on top of `past` cached positions
-    /// (`reps` timed runs after one warm-up): the cost curve that decides what SBD can gain.
-    pub fn forward_cost(&self, past: usize, n: usize, reps: usize) -> Result<f64> {
-        if past + n > self.max_context {
+    /// A cache filled with `past` positions, ready to time forwards of up to `n` tokens on top.
+    pub fn probe(&self, past: usize, n: usize) -> Result<Probe<'_>> {
+        if n == 0 || past + n > self.max_context {
             return Err(Error::InvalidOption {
                 option: "past + tokens (bench-forward --past, --tokens)",
-                value: (past + n).to_string(),
-                constraint: format!("must fit max_context {}", self.max_context),
+                value: format!("{past} + {n}"),
+                constraint: format!(
+                    "tokens >= 1 and the sum must fit max_context {}",
+                    self.max_context
+                ),
             });
         }
         let run = RunOptions::new()?;
         let mut cache = self.new_cache();
         let mut buf = StepBuffers::default();
         let filler: Vec<u32> = (0..past.max(n))
-            .map(|i| (i % self.manifest.vocab_size.max(1)) as u32)
+            .map(|i| (3 + i % self.manifest.vocab_size.saturating_sub(3).max(1)) as u32)
             .collect();
-        let mut times = Vec::with_capacity(reps);
-        for rep in 0..=reps {
-            cache.reset();
-            if past > 0 {
-                buf.keep_last(past);
-                self.forward(&mut cache, &filler[..past], past, &mut buf, &run)?;
-            }
-            buf.keep_last(n);
-            let t0 = std::time::Instant::now();
-            self.forward(&mut cache, &filler[..n], n, &mut buf, &run)?;
-            if rep > 0 {
-                times.push(t0.elapsed().as_secs_f64());
+        if past > 0 {
+            buf.keep_last(past);
+            self.forward(&mut cache, &filler[..past], past, &mut buf, &run)?;
+        }
+        Ok(Probe {
+            model: self,
+            cache,
+            buf,
+            run,
+            filler,
+        })
+    }
+
+    /// The device's cost curve for the `auto` policy, measured on first use (a few forwards per
+    /// candidate block size, at 128 cached positions or less) and kept with the model.
+    pub fn cost_curve(&self) -> Result<CostCurve> {
+        if let Some(c) = self.cost_curve.get() {
+            return Ok(c.clone());
+        }
+        let m = &self.manifest;
+        let ks = policy::candidates(m.block_sizes.min, m.block_sizes.max);
+        let longest = 2 * ks.last().copied().unwrap_or(1);
+        let past = 128.min(self.max_context.saturating_sub(longest));
+        let mut probe = self.probe(past, longest.min(self.max_context - past))?;
+        const REPS: usize = 5;
+        let shapes: Vec<(usize, usize)> = std::iter::once((1, 1))
+            .chain(ks.iter().flat_map(|&k| [(2 * k, k), (k, k)]))
+            .filter(|&(n, _)| n <= probe.filler.len())
+            .collect();
+        for &(n, r) in &shapes {
+            probe.time(n, r)?; // warm-up
+        }
+        let mut times = vec![Vec::with_capacity(REPS); shapes.len()];
+        for _ in 0..REPS {
+            for (i, &(n, r)) in shapes.iter().enumerate() {
+                times[i].push(probe.time(n, r)?);
             }
         }
-        times.sort_by(f64::total_cmp);
-        Ok(times.get(times.len() / 2).copied().unwrap_or(0.0))
+        let t = |n: usize, r: usize| {
+            shapes
+                .iter()
+                .position(|&s| s == (n, r))
+                .map(|i| median(&mut times[i].clone()))
+        };
+        let curve = policy::checked(CostCurve {
+            past,
+            ntp: t(1, 1).unwrap_or(f64::NAN),
+            blocks: ks
+                .iter()
+                .filter_map(|&k| Some((k, t(2 * k, k)?, t(k, k)?)))
+                .collect(),
+        })?;
+        Ok(self.cost_curve.get_or_init(|| curve).clone())
+    }
+
+    /// Use this cost curve for the `auto` policy instead of measuring one (e.g. one measured
+    /// earlier on the same device and stored by the application). Fails if one is already set.
+    pub fn set_cost_curve(&self, curve: CostCurve) -> Result<()> {
+        self.cost_curve
+            .set(policy::checked(curve)?)
+            .map_err(|_| Error::Runtime("this model already holds a cost curve".into()))
     }
 
     /// Load and validate a model folder.
@@ -291,6 +372,7 @@ impl Model {
             max_context,
             providers: used,
             ort_library: lib.clone(),
+            cost_curve: OnceLock::new(),
             manifest: m,
         })
     }

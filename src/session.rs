@@ -10,6 +10,7 @@ use crate::decode::{Decoder, Mode};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
+use crate::policy::AutoPolicy;
 use crate::sample::{Sampler, Sampling};
 use crate::select::{Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats};
@@ -20,7 +21,8 @@ pub struct GenerateOptions {
     /// NTP (baseline) or SBD.
     pub mode: Mode,
     /// Block size k in SBD mode (default: the manifest's default_block_size, else min(8, the
-    /// largest trained)); 1 runs the NTP loop.
+    /// largest trained)); 1 runs the NTP loop. In `Auto` mode, the largest block size the policy
+    /// may pick (smaller ones are measured powers of two).
     pub block_size: Option<usize>,
     /// Slot selection (default: EB-Sampler by entropy at the manifest's low gamma).
     pub selection: Option<Selection>,
@@ -298,8 +300,14 @@ impl Session {
             cancelled: &self.flag,
         };
         let result = match (opts.mode, k) {
-            (Mode::Ntp, _) | (Mode::Sbd, 1) => dec.ntp(opts.max_new_tokens, on_event),
-            (Mode::Sbd, _) => dec.sbd(k, rule, opts.max_new_tokens, on_event),
+            (Mode::Ntp, _) | (Mode::Sbd | Mode::Auto, 1) => dec.ntp(opts.max_new_tokens, on_event),
+            (Mode::Sbd, _) => dec.sbd(k, rule, opts.max_new_tokens, None, on_event),
+            (Mode::Auto, _) => {
+                let mut curve = model.cost_curve()?;
+                curve.blocks.retain(|b| b.0 <= k);
+                let policy = AutoPolicy::new(curve);
+                dec.sbd(k, rule, opts.max_new_tokens, Some(policy), on_event)
+            }
         };
         self.flag.store(false, Ordering::SeqCst);
         let _ = self.run.unterminate();

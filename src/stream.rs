@@ -27,6 +27,10 @@ pub struct Stats {
     pub generated_tokens: usize,
     /// Forward passes, prefill included.
     pub forward_passes: usize,
+    /// SBD blocks committed (0 in NTP mode; in `Auto` mode the NTP steps are not blocks). Each
+    /// block after the first starts with a forward of 2k tokens (the previous block, committed
+    /// causally, and k masked slots); its other forwards carry k tokens.
+    pub sbd_blocks: usize,
     /// generated_tokens / forward_passes.
     pub tokens_per_forward: f64,
     /// Time of the first forward (prefill, which in SBD mode also carries the first block).

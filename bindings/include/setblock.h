@@ -11,26 +11,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-// Decoding mode.
-typedef enum sb_mode {
-  // Set Block Decoding.
-  SB_MODE_SBD = 0,
-  // One token per forward.
-  SB_MODE_NTP = 1,
-} sb_mode;
-
-// Slot selection rule.
-typedef enum sb_selection {
-  // EB-Sampler, entropy order (uses `gamma`).
-  SB_SELECT_EB_ENTROPY = 0,
-  // EB budget, confidence order (uses `gamma`).
-  SB_SELECT_EB_CONFIDENCE = 1,
-  // Confidence threshold (uses `threshold`).
-  SB_SELECT_THRESHOLD = 2,
-  // Fixed number per forward (uses `top_s`).
-  SB_SELECT_TOP_S = 3,
-} sb_selection;
-
 // Status codes of every fallible call.
 typedef enum sb_status {
   // Success.
@@ -65,6 +45,29 @@ typedef enum sb_event_kind {
   SB_EVENT_FINISHED = 2,
 } sb_event_kind;
 
+// Decoding mode.
+typedef enum sb_mode {
+  // Set Block Decoding.
+  SB_MODE_SBD = 0,
+  // One token per forward.
+  SB_MODE_NTP = 1,
+  // Per block, NTP or SBD at the block size (<= block_size) with the highest expected
+  // tokens/s on this device (measured cost curve, running tokens per forward).
+  SB_MODE_AUTO = 2,
+} sb_mode;
+
+// Slot selection rule.
+typedef enum sb_selection {
+  // EB-Sampler, entropy order (uses `gamma`).
+  SB_SELECT_EB_ENTROPY = 0,
+  // EB budget, confidence order (uses `gamma`).
+  SB_SELECT_EB_CONFIDENCE = 1,
+  // Confidence threshold (uses `threshold`).
+  SB_SELECT_THRESHOLD = 2,
+  // Fixed number per forward (uses `top_s`).
+  SB_SELECT_TOP_S = 3,
+} sb_selection;
+
 // Options of `sb_model_load`. Start from `sb_load_options_default()`.
 typedef struct sb_load_options {
   // KV cache capacity in positions (0 = min(model limit, 2048)).
@@ -79,12 +82,13 @@ typedef struct sb_load_options {
 
 // Options of `sb_generate`. Start from `sb_generate_options_default()`.
 typedef struct sb_generate_options {
-  // NTP or SBD.
-  enum sb_mode mode;
+  // One of `sb_mode` (an int, so that a value outside the enum is an error, not undefined
+  // behaviour).
+  int mode;
   // Block size (0 = min(8, largest trained)).
   uint32_t block_size;
-  // Slot selection.
-  enum sb_selection selection;
+  // One of `sb_selection`.
+  int selection;
   // Entropy budget; a negative value means the model's low gamma.
   double gamma;
   // For SB_SELECT_THRESHOLD.

@@ -94,6 +94,9 @@ pub enum DecodeMode {
     Sbd,
     /// One token per forward.
     Ntp,
+    /// Per block, NTP or SBD at the block size (<= block_size) with the highest expected
+    /// tokens/s on this device (measured cost curve, running tokens per forward).
+    Auto,
 }
 
 /// Slot selection of the SBD loop.
@@ -182,6 +185,7 @@ impl From<&GenerateConfig> for GenerateOptions {
             mode: match c.mode {
                 DecodeMode::Sbd => Mode::Sbd,
                 DecodeMode::Ntp => Mode::Ntp,
+                DecodeMode::Auto => Mode::Auto,
             },
             block_size: c.block_size.map(|k| k as usize),
             selection: c.selection.map(|s| match s {

@@ -77,6 +77,9 @@ pub enum sb_mode {
     SB_MODE_SBD = 0,
     /// One token per forward.
     SB_MODE_NTP = 1,
+    /// Per block, NTP or SBD at the block size (<= block_size) with the highest expected
+    /// tokens/s on this device (measured cost curve, running tokens per forward).
+    SB_MODE_AUTO = 2,
 }
 
 /// Slot selection rule.
@@ -97,12 +100,13 @@ pub enum sb_selection {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct sb_generate_options {
-    /// NTP or SBD.
-    pub mode: sb_mode,
+    /// One of `sb_mode` (an int, so that a value outside the enum is an error, not undefined
+    /// behaviour).
+    pub mode: c_int,
     /// Block size (0 = min(8, largest trained)).
     pub block_size: u32,
-    /// Slot selection.
-    pub selection: sb_selection,
+    /// One of `sb_selection`.
+    pub selection: c_int,
     /// Entropy budget; a negative value means the model's low gamma.
     pub gamma: f64,
     /// For SB_SELECT_THRESHOLD.
@@ -310,9 +314,9 @@ pub extern "C" fn sb_load_options_default() -> sb_load_options {
 #[no_mangle]
 pub extern "C" fn sb_generate_options_default() -> sb_generate_options {
     sb_generate_options {
-        mode: sb_mode::SB_MODE_SBD,
+        mode: sb_mode::SB_MODE_SBD as c_int,
         block_size: 0,
-        selection: sb_selection::SB_SELECT_EB_ENTROPY,
+        selection: sb_selection::SB_SELECT_EB_ENTROPY as c_int,
         gamma: -1.0,
         threshold: 0.9,
         top_s: 2,
@@ -541,16 +545,42 @@ fn config_of(
     o: &sb_generate_options,
     stop: Option<String>,
     model_gamma_low: f64,
-) -> GenerateConfig {
+) -> Result<GenerateConfig, sb_status> {
     let gamma = (o.gamma >= 0.0).then_some(o.gamma);
-    GenerateConfig {
-        mode: if o.mode == sb_mode::SB_MODE_NTP {
-            DecodeMode::Ntp
-        } else {
-            DecodeMode::Sbd
-        },
+    let mode = match o.mode {
+        m if m == sb_mode::SB_MODE_SBD as c_int => DecodeMode::Sbd,
+        m if m == sb_mode::SB_MODE_NTP as c_int => DecodeMode::Ntp,
+        m if m == sb_mode::SB_MODE_AUTO as c_int => DecodeMode::Auto,
+        m => {
+            return Err(fail(
+                SB_ERR_OPTION,
+                &format!(
+                "options.mode = {m}: must be SB_MODE_SBD (0), SB_MODE_NTP (1) or SB_MODE_AUTO (2)"
+            ),
+            ))
+        }
+    };
+    let selection = [
+        sb_selection::SB_SELECT_EB_ENTROPY,
+        sb_selection::SB_SELECT_EB_CONFIDENCE,
+        sb_selection::SB_SELECT_THRESHOLD,
+        sb_selection::SB_SELECT_TOP_S,
+    ]
+    .into_iter()
+    .find(|&v| v as c_int == o.selection)
+    .ok_or_else(|| {
+        fail(
+            SB_ERR_OPTION,
+            &format!(
+                "options.selection = {}: must be one of SB_SELECT_EB_ENTROPY (0), SB_SELECT_EB_CONFIDENCE (1), SB_SELECT_THRESHOLD (2), SB_SELECT_TOP_S (3)",
+                o.selection
+            ),
+        )
+    })?;
+    Ok(GenerateConfig {
+        mode,
         block_size: (o.block_size > 0).then_some(o.block_size),
-        selection: match (o.selection, gamma) {
+        selection: match (selection, gamma) {
             (sb_selection::SB_SELECT_EB_ENTROPY, None) => None,
             (sb_selection::SB_SELECT_EB_ENTROPY, Some(g)) => {
                 Some(SlotSelection::EbEntropy { gamma: g })
@@ -575,7 +605,7 @@ fn config_of(
             1 => Some(true),
             _ => None,
         },
-    }
+    })
 }
 
 /// Generate a reply to `prompt` (UTF-8). Events go to `callback` (may be NULL) with `user_data`;
@@ -607,7 +637,7 @@ pub unsafe extern "C" fn sb_generate(
             unsafe { *options }
         };
         let stop = tri!(unsafe { opt_str(o.stop, "stop") });
-        let config = config_of(&o, stop, s.gamma_low());
+        let config = tri!(config_of(&o, stop, s.gamma_low()));
         let cancel = s.cancel_handle().clone();
         let mut text_buf = CString::default();
         let result = s.generate_with(&prompt, &config, &mut |e: &Event| {

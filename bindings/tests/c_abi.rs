@@ -230,6 +230,30 @@ fn bad_strings_options_and_folders_are_errors_with_messages() {
         sb_status::SB_ERR_CONTEXT_OVERFLOW
     );
     assert!(last_error().contains("max_context"));
+    // enum fields are ints: a value outside the enum is an error, not undefined behaviour
+    let mut g = sb_generate_options_default();
+    g.mode = 7;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("SB_MODE_AUTO"), "{}", last_error());
+    let mut g = sb_generate_options_default();
+    g.selection = -1;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("SB_SELECT_TOP_S"), "{}", last_error());
+    let mut g = sb_generate_options_default();
+    g.mode = sb_mode::SB_MODE_AUTO as c_int;
+    g.max_new_tokens = 8;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_OK,
+        "{}",
+        last_error()
+    );
     sb_session_free(s);
     sb_model_free(m);
 }

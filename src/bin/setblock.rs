@@ -78,8 +78,13 @@ struct ModelArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
+    /// Set Block Decoding at --block-size.
     Sbd,
+    /// One token per forward: the baseline.
     Ntp,
+    /// Per block, NTP or SBD at the block size (<= --block-size) with the highest expected
+    /// tokens/s, from this device's measured cost curve and the running tokens per forward.
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,7 +101,7 @@ enum SelectArg {
 
 #[derive(Args, Clone)]
 struct DecodeArgs {
-    /// sbd (Set Block Decoding) or ntp (one token per forward: the baseline).
+    /// sbd (Set Block Decoding), ntp (one token per forward: the baseline) or auto.
     #[arg(long, value_enum, default_value = "sbd")]
     mode: ModeArg,
     /// Block size k (1..=largest trained; default: the model's default_block_size).
@@ -193,6 +198,9 @@ struct BenchArgs {
     /// Only the NTP system (for an NTP-trained baseline model).
     #[arg(long)]
     ntp_only: bool,
+    /// Also run the `auto` block policy at each gamma.
+    #[arg(long)]
+    auto: bool,
     /// JSON output (one object with a row per system).
     #[arg(long)]
     json: bool,
@@ -242,6 +250,7 @@ fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> GenerateOptions
         mode: match d.mode {
             ModeArg::Sbd => Mode::Sbd,
             ModeArg::Ntp => Mode::Ntp,
+            ModeArg::Auto => Mode::Auto,
         },
         block_size: d.block_size,
         selection: Some(match d.selection {
@@ -290,7 +299,8 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             "time_to_first_token_ms": s.time_to_first_token_ms,
             "decode_tokens_per_s": s.decode_tokens_per_s,
             "total_ms": s.total_ms,
-            "mode": match opts.mode { Mode::Sbd => "sbd", Mode::Ntp => "ntp" },
+            "mode": match opts.mode { Mode::Sbd => "sbd", Mode::Ntp => "ntp", Mode::Auto => "auto" },
+            "sbd_blocks": s.sbd_blocks,
             "block_size": block_size,
             "selection": format!("{selection:?}"),
         });
@@ -436,6 +446,10 @@ struct BenchResult {
     decode_tokens_per_s: f64,
     mean_ttft_ms: f64,
     runtime_overhead_pct: f64,
+    /// Decode tokens/s that the cost curve predicts for the forwards this system ran (NTP and
+    /// fixed-k SBD; none for auto): the runtime's own cost shows as measured < predicted.
+    predicted_decode_tokens_per_s: Option<f64>,
+    sbd_blocks: usize,
     accuracy: Option<f64>,
     per_task_accuracy: std::collections::BTreeMap<String, f64>,
 }
@@ -481,8 +495,13 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     for g in gammas.iter().filter(|_| !a.ntp_only) {
         let mut o = options(&a.decode, &model, Some(*g));
         o.mode = Mode::Sbd;
-        systems.push((format!("sbd gamma={g}"), o));
+        systems.push((format!("sbd gamma={g}"), o.clone()));
+        if a.auto {
+            o.mode = Mode::Auto;
+            systems.push((format!("auto gamma={g}"), o));
+        }
     }
+    let curve = model.cost_curve()?;
     let mut session = Session::new(model)?;
     let passes = a.repeat.max(1);
     for (prompt, _, _) in rows.iter().take(5) {
@@ -508,6 +527,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut ttft = vec![0.0f64; systems.len()];
     let mut total_ms = vec![0.0f64; systems.len()];
     let mut ort_ms = vec![0.0f64; systems.len()];
+    let mut predicted_s = vec![0.0f64; systems.len()];
     for pass in 0..passes {
         for (prompt, answer, task) in &rows {
             // interleave systems prompt by prompt so drift in machine load hits all of them alike
@@ -517,7 +537,25 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 let out = session.generate(prompt, opts, |_| {})?;
                 bar.inc(1);
                 let r = &mut acc[si];
+                let st = &out.stats;
+                let k = session.resolve(opts)?.0;
+                // decode forwards: all but the first (prefill + first block)
+                let later = st.forward_passes.saturating_sub(1) as f64;
+                let later_blocks = st.sbd_blocks.saturating_sub(1) as f64;
+                predicted_s[si] += match opts.mode {
+                    Mode::Ntp => later * curve.ntp,
+                    Mode::Sbd if k == 1 => later * curve.ntp,
+                    Mode::Sbd => curve
+                        .blocks
+                        .iter()
+                        .find(|b| b.0 == k)
+                        .map_or(f64::NAN, |b| {
+                            later_blocks * b.1 + (later - later_blocks) * b.2
+                        }),
+                    Mode::Auto => f64::NAN,
+                };
                 if pass == 0 {
+                    r.sbd_blocks += st.sbd_blocks;
                     r.prompts += 1;
                     r.generated_tokens += out.stats.generated_tokens;
                     r.forward_passes += out.stats.forward_passes;
@@ -544,6 +582,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         r.decode_tokens_per_s = r.generated_tokens as f64 * reps / decode_time[si].max(1e-9);
         r.mean_ttft_ms = ttft[si] / (reps * r.prompts.max(1) as f64);
         r.runtime_overhead_pct = 100.0 * (total_ms[si] - ort_ms[si]) / total_ms[si].max(1e-9);
+        r.predicted_decode_tokens_per_s = (predicted_s[si].is_finite() && predicted_s[si] > 0.0)
+            .then(|| r.generated_tokens as f64 * reps / predicted_s[si]);
         let (c, t) = correct[si]
             .values()
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
@@ -567,6 +607,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "tokens/forward",
         "forward reduction",
         "decode tokens/s",
+        "cost-curve prediction",
         "TTFT ms",
         "outside ORT %",
         "accuracy %",
@@ -578,6 +619,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             format!("{:.2}", r.tokens_per_forward),
             format!("{:.2}x", r.forward_reduction_vs_ntp),
             format!("{:.0}", r.decode_tokens_per_s),
+            r.predicted_decode_tokens_per_s
+                .map_or("-".into(), |p| format!("{p:.0}")),
             format!("{:.1}", r.mean_ttft_ms),
             format!("{:.1}", r.runtime_overhead_pct),
             r.accuracy.map_or("-".into(), |a| format!("{a:.1}")),
@@ -589,20 +632,38 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 
 fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     let model = load(&a.model)?;
+    let longest = a.tokens.iter().copied().max().unwrap_or(1);
     let mut rows = Vec::new();
-    let bar = ProgressBar::new((a.past.len() * a.tokens.len()) as u64);
+    let bar = ProgressBar::new((a.past.len() * a.reps) as u64);
     for &past in &a.past {
-        // interleave the sizes so machine noise hits them alike; t(1) of this past is the unit
-        let mut t = Vec::new();
-        for &n in &a.tokens {
-            t.push(model.forward_cost(past, n, a.reps)?);
+        let mut probe = model.probe(past, longest)?;
+        // each size with the logits of its last row only, and of all its rows (what a graph
+        // without logits_index always computes); sizes interleaved rep by rep, so machine noise
+        // hits them alike, after one untimed warm-up each
+        let shapes: Vec<(usize, usize)> = a.tokens.iter().flat_map(|&n| [(n, 1), (n, n)]).collect();
+        for &(n, r) in &shapes {
+            probe.time(n, r)?;
+        }
+        let mut t = vec![Vec::with_capacity(a.reps); shapes.len()];
+        for _ in 0..a.reps {
+            for (i, &(n, r)) in shapes.iter().enumerate() {
+                t[i].push(probe.time(n, r)?);
+            }
             bar.inc(1);
         }
-        let t1 = a.tokens.iter().position(|&n| n == 1).map(|i| t[i]);
+        let med: Vec<f64> = t
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            })
+            .collect();
+        let t1 = shapes.iter().position(|&s| s == (1, 1)).map(|i| med[i]);
         for (i, &n) in a.tokens.iter().enumerate() {
+            let (one, all) = (med[2 * i], med[2 * i + 1]);
             rows.push(serde_json::json!({
-                "past": past, "tokens": n, "ms": t[i] * 1e3,
-                "ratio_to_one_token": t1.map(|t1| t[i] / t1),
+                "past": past, "tokens": n, "ms": one * 1e3, "ms_all_rows": all * 1e3,
+                "ratio_to_one_token": t1.map(|t1| one / t1),
             }));
         }
     }
@@ -613,18 +674,28 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     }
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header(["past", "tokens", "median ms", "t(n) / t(1)"]);
+    table.set_header([
+        "past",
+        "tokens",
+        "median ms (logits of 1 row)",
+        "median ms (logits of every row)",
+        "t(n) / t(1)",
+    ]);
     for r in &rows {
         table.add_row([
             r["past"].to_string(),
             r["tokens"].to_string(),
             format!("{:.3}", r["ms"].as_f64().unwrap_or(0.0)),
+            format!("{:.3}", r["ms_all_rows"].as_f64().unwrap_or(0.0)),
             r["ratio_to_one_token"]
                 .as_f64()
                 .map_or("-".into(), |v| format!("{v:.2}")),
         ]);
     }
     println!("{table}");
+    if model.manifest.io.logits_index.is_none() {
+        println!("(this graph has no logits_index input: it computes every row's logits anyway)");
+    }
     Ok(())
 }
 

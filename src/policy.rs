@@ -1,0 +1,231 @@
+//! The `auto` block policy: per block, NTP or SBD at the block size that maximises expected
+//! tokens per second, from the device's measured cost curve and the running tokens per forward.
+//!
+//! A block of k slots costs one forward of 2k tokens (the previous block's k tokens, committed
+//! causally, then k masked slots; k rows of logits kept) and then `k / tau_k - 1` forwards of k
+//! tokens, where `tau_k` is the number of tokens a forward reveals at block size k. NTP costs one
+//! forward of one token per token. On a CPU a forward of 16-32 tokens can cost 2-4x a forward of
+//! one, so a block size that reveals few tokens per forward is slower than NTP there; on a
+//! memory-bound device (GPU, NPU, large model) the same block is nearly free.
+
+use crate::error::Result;
+
+/// Median seconds of the forwards a block policy chooses between, measured on this device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostCurve {
+    /// Cached positions under the timed forwards.
+    pub past: usize,
+    /// One token, one row of logits: an NTP step.
+    pub ntp: f64,
+    /// Per candidate block size k: (k, seconds of a 2k-token forward keeping k rows, seconds of
+    /// a k-token forward keeping k rows).
+    pub blocks: Vec<(usize, f64, f64)>,
+}
+
+impl CostCurve {
+    /// Expected tokens per second of block size `k` revealing `tau` tokens per forward; `None`
+    /// when k was not measured.
+    pub fn sbd_rate(&self, k: usize, tau: f64) -> Option<f64> {
+        let &(_, first, next) = self.blocks.iter().find(|b| b.0 == k)?;
+        let forwards = (k as f64 / tau.clamp(1.0, k as f64)).max(1.0);
+        Some(k as f64 / (first + (forwards - 1.0) * next))
+    }
+
+    /// Tokens per second of NTP decoding.
+    pub fn ntp_rate(&self) -> f64 {
+        1.0 / self.ntp
+    }
+}
+
+/// Block sizes the policy measures: powers of two in `[min, max]`, plus `max`.
+pub fn candidates(min: usize, max: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = (1..=6)
+        .map(|e| 1usize << e)
+        .filter(|&k| k >= min.max(2) && k <= max)
+        .collect();
+    if max >= 2 && !out.contains(&max) {
+        out.push(max);
+    }
+    out
+}
+
+/// What the policy decided for the next block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// One NTP forward, one token.
+    Ntp,
+    /// One SBD block of this size.
+    Block(usize),
+}
+
+/// Running state of the `auto` policy during one generation.
+#[derive(Debug, Clone)]
+pub struct AutoPolicy {
+    curve: CostCurve,
+    /// Per candidate k: decayed (tokens, forwards) observed at that block size.
+    seen: Vec<(usize, f64, f64)>,
+    /// NTP steps taken since the last SBD block (a block is retried after `RETRY` of them).
+    ntp_run: usize,
+}
+
+/// NTP steps after which the best SBD block size is tried again (the text may have become
+/// more predictable).
+const RETRY: usize = 32;
+/// Weight of the past per observed block: recent blocks count more.
+const DECAY: f64 = 0.8;
+
+impl AutoPolicy {
+    /// A fresh policy over `curve`.
+    pub fn new(curve: CostCurve) -> Self {
+        let seen = curve.blocks.iter().map(|b| (b.0, 0.0, 0.0)).collect();
+        AutoPolicy {
+            curve,
+            seen,
+            ntp_run: 0,
+        }
+    }
+
+    /// Tokens per forward expected at block size `k`: the observed rate where there is one;
+    /// else that of the nearest observed block size, capped at k; else k (optimistic, so an
+    /// untried size gets tried once).
+    pub fn tau(&self, k: usize) -> f64 {
+        let rate = |&(_, t, f): &(usize, f64, f64)| (f > 0.0).then(|| t / f);
+        if let Some(r) = self.seen.iter().find(|s| s.0 == k).and_then(rate) {
+            return r;
+        }
+        self.seen
+            .iter()
+            .filter_map(|s| rate(s).map(|r| (s.0.abs_diff(k), r)))
+            .min_by_key(|&(d, _)| d)
+            .map_or(k as f64, |(_, r)| r.min(k as f64))
+    }
+
+    /// The next step: the choice with the highest expected tokens per second.
+    pub fn choose(&mut self) -> Step {
+        let best = self
+            .curve
+            .blocks
+            .iter()
+            .filter_map(|&(k, ..)| Some((k, self.curve.sbd_rate(k, self.tau(k))?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((k, rate)) if rate > self.curve.ntp_rate() || self.ntp_run >= RETRY => {
+                self.ntp_run = 0;
+                Step::Block(k)
+            }
+            _ => {
+                self.ntp_run += 1;
+                Step::Ntp
+            }
+        }
+    }
+
+    /// Record a finished block: `tokens` revealed in `forwards` forwards at block size `k`.
+    pub fn observe(&mut self, k: usize, tokens: usize, forwards: usize) {
+        if let Some(s) = self.seen.iter_mut().find(|s| s.0 == k) {
+            s.1 = s.1 * DECAY + tokens as f64;
+            s.2 = s.2 * DECAY + forwards as f64;
+        }
+    }
+
+    /// The cost curve it decides from.
+    pub fn curve(&self) -> &CostCurve {
+        &self.curve
+    }
+}
+
+/// Check helper for callers measuring a curve: every time must be finite and positive.
+pub(crate) fn checked(curve: CostCurve) -> Result<CostCurve> {
+    let ok = curve.ntp.is_finite()
+        && curve.ntp > 0.0
+        && curve
+            .blocks
+            .iter()
+            .all(|&(_, a, b)| a.is_finite() && a > 0.0 && b.is_finite() && b > 0.0);
+    if ok {
+        Ok(curve)
+    } else {
+        Err(crate::error::Error::Runtime(format!(
+            "the measured cost curve holds a non-positive time: {curve:?}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CPU-like curve: a 2k-token forward costs 1 + 0.1 * 2k units.
+    fn cpu() -> CostCurve {
+        let t = |n: usize| 1.0 + 0.1 * n as f64;
+        CostCurve {
+            past: 0,
+            ntp: t(1),
+            blocks: [2, 4, 8, 16].iter().map(|&k| (k, t(2 * k), t(k))).collect(),
+        }
+    }
+
+    /// A GPU-like curve: every forward costs the same.
+    fn flat() -> CostCurve {
+        CostCurve {
+            past: 0,
+            ntp: 1.0,
+            blocks: [2, 4, 8, 16].iter().map(|&k| (k, 1.0, 1.0)).collect(),
+        }
+    }
+
+    #[test]
+    fn candidates_are_powers_of_two_within_the_trained_range() {
+        assert_eq!(candidates(2, 16), vec![2, 4, 8, 16]);
+        assert_eq!(candidates(4, 12), vec![4, 8, 12]);
+        assert_eq!(candidates(1, 1), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn flat_cost_picks_the_largest_block_that_reveals_the_most() {
+        let mut p = AutoPolicy::new(flat());
+        assert_eq!(p.choose(), Step::Block(16), "untried sizes are optimistic");
+        p.observe(16, 16, 4); // tau 4 at k = 16
+                              // k=16 at tau 4 costs 4 forwards per 16 tokens; k=8 is predicted tau min(8, 4) = 4 too
+        assert_eq!(p.choose(), Step::Block(16));
+    }
+
+    #[test]
+    fn a_block_that_reveals_one_token_per_forward_loses_to_ntp_on_a_cpu() {
+        let mut p = AutoPolicy::new(cpu());
+        for k in [16, 8, 4, 2] {
+            p.observe(k, k, k); // tau = 1 everywhere
+        }
+        assert_eq!(p.choose(), Step::Ntp);
+        // ...and a block is retried after RETRY NTP steps
+        for _ in 1..RETRY {
+            assert_eq!(p.choose(), Step::Ntp);
+        }
+        assert!(matches!(p.choose(), Step::Block(_)));
+    }
+
+    #[test]
+    fn the_rate_follows_the_cost_model() {
+        let c = cpu();
+        // k = 8, tau = 4: one 16-token forward (2.6) + one 8-token forward (1.8) for 8 tokens
+        let r = c.sbd_rate(8, 4.0).unwrap();
+        assert!((r - 8.0 / 4.4).abs() < 1e-12, "{r}");
+        assert!(c.sbd_rate(3, 1.0).is_none());
+        assert!((c.ntp_rate() - 1.0 / 1.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn observed_rates_decay_toward_recent_blocks() {
+        let mut p = AutoPolicy::new(flat());
+        p.observe(8, 8, 8);
+        assert!((p.tau(8) - 1.0).abs() < 1e-12);
+        for _ in 0..30 {
+            p.observe(8, 8, 2);
+        }
+        assert!(p.tau(8) > 3.9);
+        assert!(
+            (p.tau(4) - 4.0).abs() < 0.1,
+            "nearest observed, capped at k"
+        );
+    }
+}
