@@ -630,8 +630,47 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Read bandwidth of this machine in bytes/s: `threads` threads summing disjoint parts of a
+/// 512 MiB buffer (far larger than any cache), best of 5.
+fn read_bandwidth(threads: usize) -> f64 {
+    let data = vec![1.0f32; 128 << 20];
+    let part = data.len().div_ceil(threads.max(1));
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = data
+                .chunks(part)
+                .map(|c| {
+                    s.spawn(move || {
+                        // 8 accumulators so the sum is bound by memory, not by the add latency
+                        let mut acc = [0.0f32; 8];
+                        for w in c.chunks_exact(8) {
+                            for i in 0..8 {
+                                acc[i] += w[i];
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(total);
+        best = best.max((data.len() * 4) as f64 / secs);
+    }
+    best
+}
+
 fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     let model = load(&a.model)?;
+    let threads = a
+        .model
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bandwidth = read_bandwidth(threads);
+    let info = model.info();
     let longest = a.tokens.iter().copied().max().unwrap_or(1);
     let mut rows = Vec::new();
     let bar = ProgressBar::new((a.past.len() * a.reps) as u64);
@@ -661,9 +700,13 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
         let t1 = shapes.iter().position(|&s| s == (1, 1)).map(|i| med[i]);
         for (i, &n) in a.tokens.iter().enumerate() {
             let (one, all) = (med[2 * i], med[2 * i + 1]);
+            // the memory-bound floor: every weight and the cached K/V read once per forward
+            let bytes = info.weights_bytes as f64 + (past * info.kv_bytes_per_token) as f64;
             rows.push(serde_json::json!({
                 "past": past, "tokens": n, "ms": one * 1e3, "ms_all_rows": all * 1e3,
                 "ratio_to_one_token": t1.map(|t1| one / t1),
+                "bytes_read": bytes, "memory_floor_ms": bytes / bandwidth * 1e3,
+                "bandwidth_gb_s": bandwidth / 1e9, "threads": threads,
             }));
         }
     }
@@ -680,6 +723,7 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
         "median ms (logits of 1 row)",
         "median ms (logits of every row)",
         "t(n) / t(1)",
+        "memory floor ms",
     ]);
     for r in &rows {
         table.add_row([
@@ -690,9 +734,17 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
             r["ratio_to_one_token"]
                 .as_f64()
                 .map_or("-".into(), |v| format!("{v:.2}")),
+            format!("{:.3}", r["memory_floor_ms"].as_f64().unwrap_or(0.0)),
         ]);
     }
     println!("{table}");
+    println!(
+        "read bandwidth {:.1} GB/s ({threads} threads); weights {:.1} MB, K/V {} bytes per cached position; \
+         memory floor = (weights + cached K/V) / bandwidth",
+        bandwidth / 1e9,
+        info.weights_bytes as f64 / 1e6,
+        info.kv_bytes_per_token
+    );
     if model.manifest.io.logits_index.is_none() {
         println!("(this graph has no logits_index input: it computes every row's logits anyway)");
     }
