@@ -43,7 +43,7 @@ class _Graph(nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, logits_index, past):  # noqa: ANN001, ANN202
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
         logits, presents = arch.forward(
-            self.model, input_ids, position_ids, attention_mask, pairs, logits_index=logits_index
+            self.model, input_ids, position_ids, attention_mask, pairs, logits_index=logits_index, onnx_ops=True
         )
         return (logits, *[t for kv in presents for t in kv])
 
@@ -138,7 +138,7 @@ def _export_graph(model: nn.Module, path: Path) -> None:
             _Graph(model).eval(),
             (ids, pos, mask, keep, past),
             dynamo=True,
-            opset_version=18,
+            opset_version=23,
             input_names=names_in,
             output_names=names_out,
             dynamic_shapes=dyn,
