@@ -273,8 +273,8 @@ def plot(res: dict) -> None:
         ax.set_title("Tokens/s per system")
     if "cost_curves" in res:
         ax = axes[1]
-        for name, rows in res["cost_curves"].items():
-            r = [x for x in rows if x["past"] == 128]
+        for name, c in res["cost_curves"].items():
+            r = [x for x in c["points"] if x["past"] == 128]
             ax.plot([x["tokens"] for x in r], [x["ratio_to_one_token"] for x in r], marker="o", label=name)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens in the forward (128 cached positions)")

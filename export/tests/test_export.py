@@ -39,8 +39,9 @@ def test_export_verify_decode(tmp_path: Path, tokenizer_obj, name: str) -> None:
     m = json.loads((folder / "setblock.json").read_text())
     assert m["architecture"] == model.__class__.__name__
     assert m["kv_layout"] == "sequence-major" and m["io"]["past_key"] == "past_key_values.%d.key"
+    assert m["io"]["logits_index"] == "logits_index"
     checks = run_checks(folder, ckpt)
-    assert len(checks) == 5
+    assert len(checks) == 6 and any(c["check"].startswith("logits_index keeps") for c in checks)
     for c in checks:
         assert c["max_abs_diff"] < 1e-3, c
 
@@ -55,6 +56,11 @@ def test_export_verify_decode(tmp_path: Path, tokenizer_obj, name: str) -> None:
         assert len(a.tokens) == 16 or a.tokens[-1] in m["eos_token_ids"]
     assert onnx_ref.sbd(prompt, 8, 1e9, 16).forwards == 2
     assert onnx_ref.sbd(prompt, 4, 0.0, 16).forwards == 16
+    # the graph is the fused export form: one Attention op per layer, no decomposed softmax
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node]
+    assert ops.count("Attention") == model.config.num_hidden_layers and "Softmax" not in ops
 
 
 def test_sbd_decode_stops_at_eos_inside_a_block(tmp_path: Path, tokenizer_obj) -> None:

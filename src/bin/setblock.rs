@@ -711,8 +711,20 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
+    let t0 = std::time::Instant::now();
+    let curve = model.cost_curve()?;
+    let curve_ms = t0.elapsed().as_secs_f64() * 1e3;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let v = serde_json::json!({
+            "points": rows,
+            "auto_cost_curve": {
+                "measured_in_ms": curve_ms, "past": curve.past, "ntp_ms": curve.ntp * 1e3,
+                "blocks": curve.blocks.iter().map(|&(k, first, next)| serde_json::json!({
+                    "k": k, "first_forward_ms": first * 1e3, "next_forward_ms": next * 1e3,
+                })).collect::<Vec<_>>(),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let mut table = comfy_table::Table::new();
@@ -748,6 +760,18 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     if model.manifest.io.logits_index.is_none() {
         println!("(this graph has no logits_index input: it computes every row's logits anyway)");
     }
+    let blocks: Vec<String> = curve
+        .blocks
+        .iter()
+        .map(|&(k, first, next)| format!("k={k}: {:.3}/{:.3}", first * 1e3, next * 1e3))
+        .collect();
+    println!(
+        "auto policy's cost curve (measured in {curve_ms:.0} ms at {} cached positions): NTP {:.3} ms; \
+         block first/next forward ms {}",
+        curve.past,
+        curve.ntp * 1e3,
+        blocks.join(", ")
+    );
     Ok(())
 }
 
