@@ -156,6 +156,8 @@ def curves(reps: int, past: str) -> dict:
 
 
 def memory(model: Path, contexts: list[int]) -> list[dict]:
+    """Peak RSS of one process per max_context: a short generation, and one whose prompt fills
+    about 85% of the context (the cache is zero-allocated, so only written positions are paid)."""
     rows = []
     for c in contexts:
         info = json.loads(
@@ -166,32 +168,36 @@ def memory(model: Path, contexts: list[int]) -> list[dict]:
                 text=True,
             ).stdout
         )
-        _, rss = run_measured(
-            [
-                str(EXE),
-                "generate",
-                "--model",
-                str(model),
-                "--max-context",
-                str(c),
-                "--prompt",
-                "Hello",
-                "--raw",
-                "--max-new-tokens",
-                "8",
-                "--mode",
-                "ntp",
-                "--json",
-            ]
-        )
-        rows.append(
-            {
-                "max_context": c,
-                "kv_cache_mib": info["kv_cache_bytes"] / 2**20,
-                "weights_mib": info["weights_bytes"] / 2**20,
-                "peak_rss_mib": rss / 1024,
-            }
-        )
+        row = {
+            "max_context": c,
+            "kv_budget_mib": info["kv_cache_bytes"] / 2**20,
+            "weights_mib": info["weights_bytes"] / 2**20,
+        }
+        for label, words in (("short", 4), ("filled", int(0.85 * c) - 40)):
+            prompt = "hello" + " hello" * (words - 1)
+            out, rss = run_measured(
+                [
+                    str(EXE),
+                    "generate",
+                    "--model",
+                    str(model),
+                    "--max-context",
+                    str(c),
+                    "--prompt",
+                    prompt,
+                    "--raw",
+                    "--max-new-tokens",
+                    "32",
+                    "--mode",
+                    "ntp",
+                    "--json",
+                    "--threads",
+                    "2",
+                ]
+            )
+            row[f"{label}_context_tokens"] = json.loads(out)["prompt_tokens"] + 32
+            row[f"{label}_peak_rss_mib"] = rss / 1024
+        rows.append(row)
     return rows
 
 
@@ -246,7 +252,7 @@ def main() -> None:
     if "curves" in a.only:
         res["cost_curves"] = curves(3 if a.quick else 10, "0,128,512")
     if "memory" in a.only and (BENCH_MODELS / "smollm2-fp32").exists():
-        res["memory"] = memory(BENCH_MODELS / "smollm2-fp32", [256, 1024, 2048, 4096, 8192])
+        res["memory"] = memory(BENCH_MODELS / "smollm2-fp32", [512, 1024, 2048, 4096])
     if "sbd-large" in a.only:
         res["sbd_large"] = {}
         for name in ("llama400m-int8", "smollm2-int8"):
