@@ -247,18 +247,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     res = json.loads(OUT.read_text()) if OUT.exists() else {}
+
+    def save() -> None:  # after each section, so a failure later keeps what was measured
+        OUT.write_text(json.dumps(res, indent=1))
+
     if "head" in a.only:
         res["head_to_head"] = head_to_head(10 if a.quick else 100, 1 if a.quick else 3, a.threads)
+        save()
     if "curves" in a.only:
-        res["cost_curves"] = curves(3 if a.quick else 10, "0,128,512")
+        res["cost_curves"] = curves(3 if a.quick else 10, "0,128,384")  # the demo holds 512 positions
+        save()
     if "memory" in a.only and (BENCH_MODELS / "smollm2-fp32").exists():
         res["memory"] = memory(BENCH_MODELS / "smollm2-fp32", [512, 1024, 2048, 4096])
+        save()
     if "sbd-large" in a.only:
         res["sbd_large"] = {}
         for name in ("llama400m-int8", "smollm2-int8"):
             if (BENCH_MODELS / name).exists():
                 res["sbd_large"][name] = {s: sbd_large(BENCH_MODELS / name, s, 8, 2) for s in (2, 4)}
-    OUT.write_text(json.dumps(res, indent=1))
+    save()
     print("wrote", OUT)
     plot(res)
 

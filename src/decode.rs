@@ -58,7 +58,14 @@ struct Clock {
     forwards: usize,
     blocks: usize,
     prompt_tokens: usize,
+    prefill_done: bool,
 }
+
+/// Longest run of pending tokens fed in one forward. A longer prompt is prefilled in chunks of
+/// this size first (exact: each chunk attends causally to the cache), so the attention scores of a
+/// forward never exceed `heads x PREFILL_CHUNK x (past + PREFILL_CHUNK)` floats: without it, a
+/// 3,500-token prompt on SmolLM2-135M peaks at 2.0 GB resident instead of about 0.8 GB.
+pub const PREFILL_CHUNK: usize = 256;
 
 impl Clock {
     fn ms(&self) -> f64 {
@@ -90,12 +97,40 @@ impl Decoder<'_> {
             };
         }
         clock.forwards += 1;
-        if clock.forwards == 1 {
+        if !clock.prefill_done {
+            clock.prefill_done = true;
             clock.prefill_ms = clock.ms();
             on(&Event::PrefillDone {
                 prompt_tokens: clock.prompt_tokens,
                 elapsed_ms: clock.prefill_ms,
             });
+        }
+        Ok(true)
+    }
+
+    /// Feed pending tokens beyond the last `PREFILL_CHUNK` causally, a chunk per forward (their
+    /// logits are not read). Returns false when cancelled.
+    fn prefill_chunks(&mut self, clock: &mut Clock) -> Result<bool> {
+        while self.context.len() - self.cache.len() > PREFILL_CHUNK {
+            if self.is_cancelled() {
+                return Ok(false);
+            }
+            let start = self.cache.len();
+            self.input.clear();
+            self.input
+                .extend_from_slice(&self.context[start..start + PREFILL_CHUNK]);
+            self.buf.keep_last(PREFILL_CHUNK);
+            let r = self
+                .model
+                .forward(self.cache, self.input, PREFILL_CHUNK, self.buf, self.run);
+            if let Err(e) = r {
+                return if self.is_cancelled() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                };
+            }
+            clock.forwards += 1;
         }
         Ok(true)
     }
@@ -203,12 +238,16 @@ impl Decoder<'_> {
             forwards: 0,
             blocks: 0,
             prompt_tokens,
+            prefill_done: false,
         })
     }
 
     /// NTP: one token per forward.
     pub fn ntp(mut self, max_new: usize, on: &mut dyn FnMut(&Event)) -> Result<Decoded> {
         let mut clock = self.start_clock()?;
+        if !self.prefill_chunks(&mut clock)? {
+            return Ok(self.finish(Vec::new(), StopReason::Cancelled, clock, on));
+        }
         let mask_id = self.model.manifest.mask_token_id;
         let mut out = Vec::with_capacity(max_new);
         let mut block = [0u32; 1];
@@ -242,6 +281,9 @@ impl Decoder<'_> {
         on: &mut dyn FnMut(&Event),
     ) -> Result<Decoded> {
         let mut clock = self.start_clock()?;
+        if !self.prefill_chunks(&mut clock)? {
+            return Ok(self.finish(Vec::new(), StopReason::Cancelled, clock, on));
+        }
         let model = self.model;
         let m = &model.manifest;
         let (mask_id, vocab) = (m.mask_token_id, m.vocab_size);

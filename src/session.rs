@@ -379,3 +379,56 @@ mod tests {
         assert_eq!(cache.len(), 3);
     }
 }
+
+#[cfg(test)]
+mod prefill_tests {
+    use super::*;
+    use crate::model::LoadOptions;
+
+    /// A prompt longer than `PREFILL_CHUNK` is prefilled in chunks: the cache equals one
+    /// whole-prompt forward and so does the first token.
+    #[test]
+    fn chunked_prefill_equals_one_forward() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let opts = LoadOptions {
+            threads: Some(1),
+            ..LoadOptions::default()
+        };
+        let model = Arc::new(Model::load(dir, &opts).unwrap());
+        let n = crate::decode::PREFILL_CHUNK + 90;
+        let prompt: Vec<u32> = (0..n).map(|i| 3 + (i * 7 % 400) as u32).collect();
+        let mut s = Session::new(model.clone()).unwrap();
+        let ntp = GenerateOptions {
+            mode: Mode::Ntp,
+            max_new_tokens: 1,
+            ..GenerateOptions::default()
+        };
+        let out = s.generate_tokens(&prompt, &ntp, &mut |_| {}).unwrap();
+        assert_eq!(out.stats.forward_passes, 2, "one chunk, then the rest");
+        assert_eq!(s.cache().len(), n);
+
+        let mut cache = model.new_cache();
+        let mut buf = StepBuffers::default();
+        buf.keep_last(n);
+        let run = RunOptions::new().unwrap();
+        model
+            .forward(&mut cache, &prompt, n, &mut buf, &run)
+            .unwrap();
+        let first = crate::sample::argmax(&buf.logits, model.manifest.mask_token_id);
+        assert_eq!(out.tokens[0], first);
+        let mut worst = 0f32;
+        for l in 0..model.manifest.num_layers {
+            for (a, b) in [
+                (s.cache().past_keys(l), cache.past_keys(l)),
+                (s.cache().past_values(l), cache.past_values(l)),
+            ] {
+                worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(worst, f32::max);
+            }
+        }
+        assert!(worst < 1e-4, "max abs diff {worst}");
+    }
+}
