@@ -86,17 +86,9 @@ impl Decoder<'_> {
         clock: &mut Clock,
         on: &mut dyn FnMut(&Event),
     ) -> Result<bool> {
-        let r = self
-            .model
-            .forward(self.cache, self.input, causal, self.buf, self.run);
-        if let Err(e) = r {
-            return if self.is_cancelled() {
-                Ok(false)
-            } else {
-                Err(e)
-            };
+        if !self.run_forward(causal, clock)? {
+            return Ok(false);
         }
-        clock.forwards += 1;
         if !clock.prefill_done {
             clock.prefill_done = true;
             clock.prefill_ms = clock.ms();
@@ -120,19 +112,26 @@ impl Decoder<'_> {
             self.input
                 .extend_from_slice(&self.context[start..start + PREFILL_CHUNK]);
             self.buf.keep_last(PREFILL_CHUNK);
-            let r = self
-                .model
-                .forward(self.cache, self.input, PREFILL_CHUNK, self.buf, self.run);
-            if let Err(e) = r {
-                return if self.is_cancelled() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                };
+            if !self.run_forward(PREFILL_CHUNK, clock)? {
+                return Ok(false);
             }
-            clock.forwards += 1;
         }
         Ok(true)
+    }
+
+    /// The model's forward, counted; a run aborted by a cancel is `Ok(false)`.
+    fn run_forward(&mut self, causal: usize, clock: &mut Clock) -> Result<bool> {
+        let r = self
+            .model
+            .forward(self.cache, self.input, causal, self.buf, self.run);
+        match r {
+            Ok(()) => {
+                clock.forwards += 1;
+                Ok(true)
+            }
+            Err(_) if self.is_cancelled() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn pending_into_input(&mut self) -> usize {
