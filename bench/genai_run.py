@@ -69,6 +69,7 @@ def main() -> None:
     rows = [json.loads(line) for line in a.prompts.read_text().splitlines() if line.strip()][: a.limit]
     model = og.Model(str(a.model))
     tok = og.Tokenizer(model)
+    eos = int(json.loads((a.model / "genai_config.json").read_text())["model"]["eos_token_id"])
     for r in rows[:5]:  # warm-up, untimed
         generate(model, tok, PROMPT.format(q=r["question"]), a.max_new_tokens)
     texts: list[str] = []
@@ -82,7 +83,7 @@ def main() -> None:
             decode_s += rest
             decode_tokens += len(out) - 1
             if rep == 0:
-                text = tok.decode([t for t in out if t != model_eos(a.model)])
+                text = tok.decode([t for t in out if t != eos])
                 texts.append(text)
                 tokens += len(out)
                 correct += int(final_answer(text) == r.get("answer"))
@@ -102,10 +103,6 @@ def main() -> None:
             }
         )
     )
-
-
-def model_eos(folder: Path) -> int:
-    return int(json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"])
 
 
 if __name__ == "__main__":

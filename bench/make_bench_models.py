@@ -14,6 +14,7 @@ Each is exported by ``setblock_export`` (with ``logits_index``). A folder that e
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,8 @@ def random_llama(out: Path, tokenizer_from: Path) -> Path:
     if (out / "model.safetensors").exists():
         return out
     torch.manual_seed(0)
-    vocab = len(__import__("json").loads((tokenizer_from / "tokenizer.json").read_text())["model"]["vocab"])
-    added = __import__("json").loads((tokenizer_from / "tokenizer.json").read_text()).get("added_tokens", [])
-    vocab = max([vocab, *[t["id"] + 1 for t in added]])
+    tok = json.loads((tokenizer_from / "tokenizer.json").read_text())
+    vocab = max([len(tok["model"]["vocab"]), *[t["id"] + 1 for t in tok.get("added_tokens", [])]])
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=1024,

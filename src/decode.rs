@@ -271,26 +271,36 @@ impl Decoder<'_> {
         if !self.prefill_chunks(&mut clock)? {
             return Ok(self.finish(Vec::new(), StopReason::Cancelled, clock, on));
         }
-        let mask_id = self.model.manifest.mask_token_id;
         let mut out = Vec::with_capacity(max_new);
-        let mut block = [0u32; 1];
         loop {
-            if self.is_cancelled() {
-                return Ok(self.finish(out, StopReason::Cancelled, clock, on));
-            }
-            let causal = self.pending_into_input();
-            self.buf.keep_last(self.input.len());
-            if !self.forward(causal, &mut clock, on)? {
-                return Ok(self.finish(out, StopReason::Cancelled, clock, on));
-            }
-            block[0] = self.sampler.choose(&self.buf.logits, mask_id, self.context);
-            if let Some(reason) = self.emit(&block, 1, &mut out, &mut clock, on) {
+            if let Some(reason) = self.ntp_step(&mut out, &mut clock, on)? {
                 return Ok(self.finish(out, reason, clock, on));
             }
             if out.len() >= max_new {
                 return Ok(self.finish(out, StopReason::MaxTokens, clock, on));
             }
         }
+    }
+
+    /// One NTP step: feed the pending tokens, commit the next token (the NTP loop, and `auto`'s
+    /// NTP choice). Returns why the generation stops, if it does.
+    fn ntp_step(
+        &mut self,
+        out: &mut Vec<u32>,
+        clock: &mut Clock,
+        on: &mut dyn FnMut(&Event),
+    ) -> Result<Option<StopReason>> {
+        if self.is_cancelled() {
+            return Ok(Some(StopReason::Cancelled));
+        }
+        let causal = self.pending_into_input();
+        self.buf.keep_last(self.input.len());
+        if !self.forward(causal, clock, on)? {
+            return Ok(Some(StopReason::Cancelled));
+        }
+        let mask_id = self.model.manifest.mask_token_id;
+        let t = [self.sampler.choose(&self.buf.logits, mask_id, self.context)];
+        Ok(self.emit(&t, 1, out, clock, on))
     }
 
     /// SBD: blocks of `k` slots, revealed by `rule`; with a policy, each block's size (or an NTP
@@ -317,16 +327,7 @@ impl Decoder<'_> {
         while out.len() < max_new {
             let k = match policy.as_mut().map(AutoPolicy::choose) {
                 Some(Step::Ntp) => {
-                    if self.is_cancelled() {
-                        return Ok(self.finish(out, StopReason::Cancelled, clock, on));
-                    }
-                    let causal = self.pending_into_input();
-                    self.buf.keep_last(self.input.len());
-                    if !self.forward(causal, &mut clock, on)? {
-                        return Ok(self.finish(out, StopReason::Cancelled, clock, on));
-                    }
-                    let t = [self.sampler.choose(&self.buf.logits, mask_id, self.context)];
-                    if let Some(reason) = self.emit(&t, 1, &mut out, &mut clock, on) {
+                    if let Some(reason) = self.ntp_step(&mut out, &mut clock, on)? {
                         return Ok(self.finish(out, reason, clock, on));
                     }
                     continue;

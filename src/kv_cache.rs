@@ -57,6 +57,24 @@ impl KvCache {
         &self.values[layer][..self.len * self.row]
     }
 
+    /// Largest absolute difference between the committed K/V of two caches of the same model
+    /// (for checks that two ways of filling a cache agree); `f32::INFINITY` when their lengths or
+    /// layouts differ.
+    pub fn max_abs_diff(&self, other: &KvCache) -> f32 {
+        if self.len != other.len || self.row != other.row || self.keys.len() != other.keys.len() {
+            return f32::INFINITY;
+        }
+        (0..self.keys.len())
+            .flat_map(|l| {
+                [
+                    (self.past_keys(l), other.past_keys(l)),
+                    (self.past_values(l), other.past_values(l)),
+                ]
+            })
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f32::max)
+    }
+
     /// Append the first `n` positions of this forward's presents (`[seq, kv_heads, head_dim]`).
     /// The caller commits each layer, then calls [`KvCache::advance`] once.
     pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32], n: usize) {

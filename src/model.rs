@@ -111,8 +111,16 @@ pub struct Probe<'a> {
 impl Probe<'_> {
     /// Seconds of one forward of `n` tokens keeping the logits of the last `rows`.
     pub fn time(&mut self, n: usize, rows: usize) -> Result<f64> {
-        let n = n.min(self.filler.len()).max(1);
-        let rows = rows.clamp(1, n);
+        if n == 0 || n > self.filler.len() || rows == 0 || rows > n {
+            return Err(Error::InvalidOption {
+                option: "tokens / logits rows of a timed forward",
+                value: format!("{n} tokens, {rows} rows"),
+                constraint: format!(
+                    "need 1 <= rows <= tokens <= {} (the size the probe was made for)",
+                    self.filler.len()
+                ),
+            });
+        }
         self.buf.keep(n - rows..n);
         let t0 = std::time::Instant::now();
         self.model.forward(
@@ -124,11 +132,34 @@ impl Probe<'_> {
         )?;
         Ok(t0.elapsed().as_secs_f64())
     }
-}
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    /// Median seconds of each `(tokens, rows)` shape: one untimed warm-up each, then `reps`
+    /// rounds with the shapes interleaved, so that machine noise hits them alike. `each_round`
+    /// runs after every round (progress).
+    pub fn medians(
+        &mut self,
+        shapes: &[(usize, usize)],
+        reps: usize,
+        mut each_round: impl FnMut(),
+    ) -> Result<Vec<f64>> {
+        for &(n, r) in shapes {
+            self.time(n, r)?;
+        }
+        let mut times = vec![Vec::with_capacity(reps); shapes.len()];
+        for _ in 0..reps {
+            for (t, &(n, r)) in times.iter_mut().zip(shapes) {
+                t.push(self.time(n, r)?);
+            }
+            each_round();
+        }
+        Ok(times
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            })
+            .collect())
+    }
 }
 
 /// A loaded SBD model.
@@ -237,26 +268,12 @@ impl Model {
         let longest = 2 * ks.last().copied().unwrap_or(1);
         let past = 128.min(self.max_context.saturating_sub(longest));
         let mut probe = self.probe(past, longest.min(self.max_context - past))?;
-        const REPS: usize = 5;
         let shapes: Vec<(usize, usize)> = std::iter::once((1, 1))
             .chain(ks.iter().flat_map(|&k| [(2 * k, k), (k, k)]))
             .filter(|&(n, _)| n <= probe.filler.len())
             .collect();
-        for &(n, r) in &shapes {
-            probe.time(n, r)?; // warm-up
-        }
-        let mut times = vec![Vec::with_capacity(REPS); shapes.len()];
-        for _ in 0..REPS {
-            for (i, &(n, r)) in shapes.iter().enumerate() {
-                times[i].push(probe.time(n, r)?);
-            }
-        }
-        let t = |n: usize, r: usize| {
-            shapes
-                .iter()
-                .position(|&s| s == (n, r))
-                .map(|i| median(&mut times[i].clone()))
-        };
+        let med = probe.medians(&shapes, 5, || {})?;
+        let t = |n: usize, r: usize| shapes.iter().position(|&s| s == (n, r)).map(|i| med[i]);
         let curve = policy::checked(CostCurve {
             past,
             ntp: t(1, 1).unwrap_or(f64::NAN),
@@ -271,9 +288,21 @@ impl Model {
     /// Use this cost curve for the `auto` policy instead of measuring one (e.g. one measured
     /// earlier on the same device and stored by the application). Fails if one is already set.
     pub fn set_cost_curve(&self, curve: CostCurve) -> Result<()> {
+        const OPTION: &str = "cost curve (Model::set_cost_curve)";
+        let curve = policy::checked(curve).map_err(|_| Error::InvalidOption {
+            option: OPTION,
+            value: "a time that is not finite or not > 0".into(),
+            constraint: "every time of the curve must be a finite number of seconds > 0".into(),
+        })?;
         self.cost_curve
-            .set(policy::checked(curve)?)
-            .map_err(|_| Error::Runtime("this model already holds a cost curve".into()))
+            .set(curve)
+            .map_err(|_| Error::InvalidOption {
+                option: OPTION,
+                value: "a second curve".into(),
+                constraint: "set it once per loaded model, before the first Mode::Auto generation \
+                         (which measures one) or cost_curve() call"
+                    .into(),
+            })
     }
 
     /// Load and validate a model folder.

@@ -416,19 +416,7 @@ mod prefill_tests {
             .unwrap();
         let first = crate::sample::argmax(&buf.logits, model.manifest.mask_token_id);
         assert_eq!(out.tokens[0], first);
-        let mut worst = 0f32;
-        for l in 0..model.manifest.num_layers {
-            for (a, b) in [
-                (s.cache().past_keys(l), cache.past_keys(l)),
-                (s.cache().past_values(l), cache.past_values(l)),
-            ] {
-                worst = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(worst, f32::max);
-            }
-        }
+        let worst = s.cache().max_abs_diff(&cache);
         assert!(worst < 1e-4, "max abs diff {worst}");
     }
 }

@@ -33,7 +33,8 @@ pub struct Stats {
     pub sbd_blocks: usize,
     /// generated_tokens / forward_passes.
     pub tokens_per_forward: f64,
-    /// Time of the first forward (prefill, which in SBD mode also carries the first block).
+    /// Time until the prompt is in the cache: the prefill forward (which in SBD mode also carries
+    /// the first block), after any chunks of a long prompt (`decode::PREFILL_CHUNK`).
     pub prefill_ms: f64,
     /// Time until the first text was streamed.
     pub time_to_first_token_ms: f64,

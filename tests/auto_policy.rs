@@ -86,7 +86,8 @@ fn a_measured_curve_is_positive_and_kept_with_the_model() {
         vec![2, 4, 8, 16]
     );
     assert_eq!(m.cost_curve().unwrap(), c, "measured once");
-    assert!(m.set_cost_curve(c.clone()).is_err());
+    let again = m.set_cost_curve(c.clone()).unwrap_err().to_string();
+    assert!(again.contains("set_cost_curve"), "{again}");
     let bad = CostCurve { ntp: 0.0, ..c };
     let fresh = Model::load(common::fixture(), &LoadOptions::default()).unwrap();
     assert!(fresh.set_cost_curve(bad).is_err());

@@ -44,20 +44,7 @@ fn cache_after_sbd_equals_a_fresh_causal_prefill() {
         .generate_tokens(&s.context_tokens()[..committed], &ntp, &mut |_| {})
         .unwrap();
     assert_eq!(fresh.cache().len(), committed);
-    let mut worst = 0f32;
-    for l in 0..model.manifest.num_layers {
-        for (a, b) in [
-            (s.cache().past_keys(l), fresh.cache().past_keys(l)),
-            (s.cache().past_values(l), fresh.cache().past_values(l)),
-        ] {
-            assert_eq!(a.len(), b.len());
-            worst = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(worst, f32::max);
-        }
-    }
+    let worst = s.cache().max_abs_diff(fresh.cache());
     assert!(worst < 1e-4, "max abs diff {worst}");
 }
 

@@ -503,6 +503,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     let curve = model.cost_curve()?;
     let mut session = Session::new(model)?;
+    let block_sizes = systems
+        .iter()
+        .map(|(_, o)| session.resolve(o).map(|r| r.0))
+        .collect::<Result<Vec<usize>, _>>()?;
     let passes = a.repeat.max(1);
     for (prompt, _, _) in rows.iter().take(5) {
         for (_, opts) in &systems {
@@ -538,7 +542,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 bar.inc(1);
                 let r = &mut acc[si];
                 let st = &out.stats;
-                let k = session.resolve(opts)?.0;
+                let k = block_sizes[si];
                 // decode forwards: all but the first (prefill + first block)
                 let later = st.forward_passes.saturating_sub(1) as f64;
                 let later_blocks = st.sbd_blocks.saturating_sub(1) as f64;
@@ -677,26 +681,9 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     for &past in &a.past {
         let mut probe = model.probe(past, longest)?;
         // each size with the logits of its last row only, and of all its rows (what a graph
-        // without logits_index always computes); sizes interleaved rep by rep, so machine noise
-        // hits them alike, after one untimed warm-up each
+        // without logits_index always computes)
         let shapes: Vec<(usize, usize)> = a.tokens.iter().flat_map(|&n| [(n, 1), (n, n)]).collect();
-        for &(n, r) in &shapes {
-            probe.time(n, r)?;
-        }
-        let mut t = vec![Vec::with_capacity(a.reps); shapes.len()];
-        for _ in 0..a.reps {
-            for (i, &(n, r)) in shapes.iter().enumerate() {
-                t[i].push(probe.time(n, r)?);
-            }
-            bar.inc(1);
-        }
-        let med: Vec<f64> = t
-            .iter_mut()
-            .map(|v| {
-                v.sort_by(f64::total_cmp);
-                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-            })
-            .collect();
+        let med = probe.medians(&shapes, a.reps, || bar.inc(1))?;
         let t1 = shapes.iter().position(|&s| s == (1, 1)).map(|i| med[i]);
         for (i, &n) in a.tokens.iter().enumerate() {
             let (one, all) = (med[2 * i], med[2 * i + 1]);
