@@ -110,7 +110,8 @@ pub struct Manifest {
     /// `none`, `int8` or `int4`.
     #[serde(default = "none")]
     pub quantization: String,
-    /// Must be `sequence-major`.
+    /// `sequence-major` (past/presents `[batch, seq, kv_heads, head_dim]`) or
+    /// `sequence-major-packed` (`[batch, seq, kv_heads * head_dim]`, the same memory).
     pub kv_layout: String,
     /// Graph I/O names.
     pub io: IoNames,
@@ -121,11 +122,21 @@ pub struct Manifest {
     pub provenance: serde_json::Value,
 }
 
+/// `kv_layout` of graphs whose past/presents are `[batch, seq, kv_heads, head_dim]`.
+pub const KV_SEQUENCE_MAJOR: &str = "sequence-major";
+/// `kv_layout` of graphs whose past/presents are `[batch, seq, kv_heads * head_dim]`.
+pub const KV_SEQUENCE_MAJOR_PACKED: &str = "sequence-major-packed";
+
 fn none() -> String {
     "none".into()
 }
 
 impl Manifest {
+    /// True when the graph's past/presents are rank 3, `[batch, seq, kv_heads * head_dim]`.
+    pub fn kv_packed(&self) -> bool {
+        self.kv_layout == KV_SEQUENCE_MAJOR_PACKED
+    }
+
     /// Read and validate `dir/setblock.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         if !dir.is_dir() {
@@ -222,9 +233,12 @@ impl Manifest {
                 self.max_positions
             )));
         }
-        if self.kv_layout != "sequence-major" {
+        if !matches!(
+            self.kv_layout.as_str(),
+            KV_SEQUENCE_MAJOR | KV_SEQUENCE_MAJOR_PACKED
+        ) {
             return Err(bad(format!(
-                "kv_layout {:?} is not supported; this runtime reads \"sequence-major\" ([batch, past, kv_heads, head_dim])",
+                "kv_layout {:?} is not supported; this runtime reads \"{KV_SEQUENCE_MAJOR}\" ([batch, past, kv_heads, head_dim]) or \"{KV_SEQUENCE_MAJOR_PACKED}\" ([batch, past, kv_heads * head_dim])",
                 self.kv_layout
             )));
         }

@@ -501,15 +501,17 @@ impl Model {
                 TensorRef::from_array_view(([buf.rows.len()], &buf.rows[..]))?.into(),
             ));
         }
+        let packed = m.kv_packed();
+        let view = |data| -> Result<SessionInputValue<'_>> {
+            Ok(if packed {
+                TensorRef::from_array_view(([1, past, kvh * hd], data))?.into()
+            } else {
+                TensorRef::from_array_view(([1, past, kvh, hd], data))?.into()
+            })
+        };
         for (l, (k, v)) in self.past_names.iter().enumerate() {
-            inputs.push((
-                Cow::Borrowed(k.as_str()),
-                TensorRef::from_array_view(([1, past, kvh, hd], cache.past_keys(l)))?.into(),
-            ));
-            inputs.push((
-                Cow::Borrowed(v.as_str()),
-                TensorRef::from_array_view(([1, past, kvh, hd], cache.past_values(l)))?.into(),
-            ));
+            inputs.push((Cow::Borrowed(k.as_str()), view(cache.past_keys(l))?));
+            inputs.push((Cow::Borrowed(v.as_str()), view(cache.past_values(l))?));
         }
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = std::time::Instant::now();
@@ -608,13 +610,21 @@ fn check_graph(
                 .iter()
                 .chain(present)
                 .any(|(k, v)| k == name || v == name);
-            if is_kv && dims.len() == 4 {
-                let (h, d) = (dims[2], dims[3]);
-                if (h >= 0 && h as usize != m.num_kv_heads) || (d >= 0 && d as usize != m.head_dim)
-                {
+            if is_kv {
+                let want: Vec<i64> = if m.kv_packed() {
+                    vec![(m.num_kv_heads * m.head_dim) as i64]
+                } else {
+                    vec![m.num_kv_heads as i64, m.head_dim as i64]
+                };
+                let fits = dims.len() == 2 + want.len()
+                    && dims[2..].iter().zip(&want).all(|(&d, &w)| d < 0 || d == w);
+                if !fits {
                     return Err(bad(format!(
-                        "{name} has shape {dims:?} but the manifest says {} kv heads x {} head dim (sequence-major)",
-                        m.num_kv_heads, m.head_dim
+                        "{name} has shape {dims:?} but the manifest's kv_layout {:?} with {} kv heads x {} head dim wants [batch, seq, {}]",
+                        m.kv_layout,
+                        m.num_kv_heads,
+                        m.head_dim,
+                        want.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
                     )));
                 }
             }

@@ -334,12 +334,12 @@ pub fn trt_profiles(s: ProfileShapes) -> (String, String, String) {
         ];
         for l in 0..m.num_layers {
             for pat in [&m.io.past_key, &m.io.past_value] {
-                parts.push(format!(
-                    "{}:1x{past}x{}x{}",
-                    IoNames::layer(pat, l),
-                    m.num_kv_heads,
-                    m.head_dim
-                ));
+                let row = if m.kv_packed() {
+                    format!("{}", m.num_kv_heads * m.head_dim)
+                } else {
+                    format!("{}x{}", m.num_kv_heads, m.head_dim)
+                };
+                parts.push(format!("{}:1x{past}x{row}", IoNames::layer(pat, l)));
             }
         }
         parts.join(",")

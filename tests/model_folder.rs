@@ -117,6 +117,12 @@ fn broken_manifests() {
             "kv heads",
         ),
         (
+            // the fixture's graph takes packed [batch, seq, kv_heads * head_dim] K/V
+            "rank",
+            Box::new(|v| v["kv_layout"] = "sequence-major".into()),
+            "kv_layout \"sequence-major\"",
+        ),
+        (
             "names",
             Box::new(|v| v["io"]["logits"] = "scores".into()),
             "\"scores\"",

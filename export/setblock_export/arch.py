@@ -60,7 +60,7 @@ def forward(
     *,
     sdpa: bool = False,
     logits_index: torch.Tensor | None = None,
-    onnx_ops: bool = False,
+    consts: OnnxConsts | None = None,
 ) -> tuple[torch.Tensor, list[KV]]:
     """Logits ``[B, S, V]`` and presents (new positions only, ``[B, S, kv_heads, head_dim]``).
 
@@ -68,12 +68,14 @@ def forward(
     number where it may not. ``past`` is a list of (key, value) ``[B, past, kv_heads, head_dim]``.
     ``logits_index`` (int64 ``[R]``) keeps only those positions: logits are then ``[B, R, V]`` and
     the final norm and vocabulary projection run on R rows, not S (the positions nobody reads).
-    ``onnx_ops`` (export only) computes attention with the ONNX ``Attention`` op (opset 23, GQA
-    without repeating K/V, no transposes) and the norms with ``RMSNormalization``: the same maths
-    in a few fused kernels instead of dozens of small ones.
+    With ``consts`` (export only) it is :func:`forward_onnx` on 4-D past/presents: the same maths
+    in the ONNX ops the graph is exported with, for comparing the two forms.
     """
-    if onnx_ops:
-        return _forward_onnx_ops(model, input_ids, position_ids, mask, past, logits_index)
+    if consts is not None:
+        packed = [(k.flatten(2), v.flatten(2)) for k, v in past] if past is not None else None
+        logits, pres = forward_onnx(model, consts, input_ids, position_ids, mask, packed, logits_index)
+        hd = dims(model.config)[3]
+        return logits, [(k.unflatten(2, (-1, hd)), v.unflatten(2, (-1, hd))) for k, v in pres]
     inner = model.model
     _, heads, kv_heads, head_dim = dims(model.config)
     h = inner.embed_tokens(input_ids)
@@ -120,40 +122,78 @@ def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
-def _forward_onnx_ops(
+class OnnxConsts(nn.Module):
+    """What the export graph reads as initializers instead of computing per step.
+
+    Rotary tables for every position (``[max_positions, head_dim / 2]``, gathered by position id
+    inside the ``RotaryEmbedding`` op) and, where Q and K get no per-head norm (Llama, Qwen2), the
+    Q and K projections stacked into one matrix: one MatMul and one rotation for both.
+    """
+
+    def __init__(self, model: nn.Module, max_positions: int) -> None:
+        super().__init__()
+        inner = model.model
+        _, _, _, head_dim = dims(model.config)
+        w = inner.embed_tokens.weight
+        pos = torch.arange(max_positions)[None]
+        with torch.no_grad():
+            cos, sin = inner.rotary_emb(torch.zeros(1, 1, dtype=w.dtype), pos)
+        # RotaryEmbedding (rotate-half form) takes the first half of HF's duplicated tables
+        self.register_buffer("cos", cos[0, :, : head_dim // 2].contiguous(), persistent=False)
+        self.register_buffer("sin", sin[0, :, : head_dim // 2].contiguous(), persistent=False)
+        self.fused_qk = not hasattr(inner.layers[0].self_attn, "q_norm")
+        self.qk = nn.ModuleList()
+        if self.fused_qk:
+            for layer in inner.layers:
+                a = layer.self_attn
+                bias = a.q_proj.bias is not None
+                lin = nn.Linear(a.q_proj.in_features, a.q_proj.out_features + a.k_proj.out_features, bias=bias)
+                with torch.no_grad():
+                    lin.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight]))
+                    if bias:
+                        lin.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias]))
+                self.qk.append(lin)
+
+
+def forward_onnx(
     model: nn.Module,
+    consts: OnnxConsts,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     mask: torch.Tensor,
     past: list[KV] | None,
     logits_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, list[KV]]:
-    """`forward` for export: ONNX Attention and RMSNormalization ops, sequence-major throughout."""
+    """`forward` as exported: ONNX ``Attention``, ``RotaryEmbedding`` and ``RMSNormalization`` ops.
+
+    K/V are packed sequence-major, ``[batch, seq, kv_heads * head_dim]`` (the same memory as
+    ``[batch, seq, kv_heads, head_dim]``), so neither the past nor the presents need a reshape.
+    """
     inner = model.model
     _, heads, kv_heads, head_dim = dims(model.config)
     h = inner.embed_tokens(input_ids)
-    cos, sin = inner.rotary_emb(h, position_ids)
-    # RotaryEmbedding (rotate-half form) takes the first half of HF's duplicated [B, S, hd] tables
-    cos, sin = cos[..., : head_dim // 2], sin[..., : head_dim // 2]
     b, s = input_ids.shape
+    qd, kd = heads * head_dim, kv_heads * head_dim
 
     def rope(x: torch.Tensor, n: int) -> torch.Tensor:  # [B, S, n * hd] -> same, rotated
-        return torch.onnx.ops.rotary_embedding(x, cos, sin, num_heads=n)
+        return torch.onnx.ops.rotary_embedding(x, consts.cos, consts.sin, position_ids, num_heads=n)
 
     presents: list[KV] = []
     for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         x = _rms(layer.input_layernorm, h)
-        q, k3, v3 = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        if hasattr(attn, "q_norm"):  # Qwen3: per-head norm before the rotation
-            q = _rms(attn.q_norm, q.view(b, s, heads, head_dim)).reshape(b, s, heads * head_dim)
-            k3 = _rms(attn.k_norm, k3.view(b, s, kv_heads, head_dim)).reshape(b, s, kv_heads * head_dim)
-        q, k3 = rope(q, heads), rope(k3, kv_heads)
-        presents.append((k3.view(b, s, kv_heads, head_dim), v3.view(b, s, kv_heads, head_dim)))
+        if consts.fused_qk:
+            q, k3 = rope(consts.qk[i](x), heads + kv_heads).split([qd, kd], dim=-1)
+        else:  # Qwen3: per-head norms on Q and K before the rotation
+            q = _rms(attn.q_norm, attn.q_proj(x).view(b, s, heads, head_dim)).reshape(b, s, qd)
+            k3 = _rms(attn.k_norm, attn.k_proj(x).view(b, s, kv_heads, head_dim)).reshape(b, s, kd)
+            q, k3 = rope(q, heads), rope(k3, kv_heads)
+        v3 = attn.v_proj(x)
+        presents.append((k3, v3))
         if past is not None:
             pk, pv = past[i]
-            k3 = torch.cat([pk.reshape(b, -1, kv_heads * head_dim), k3], dim=1)
-            v3 = torch.cat([pv.reshape(b, -1, kv_heads * head_dim), v3], dim=1)
+            k3 = torch.cat([pk, k3], dim=1)
+            v3 = torch.cat([pv, v3], dim=1)
         o = torch.onnx.ops.attention(
             q,
             k3,

@@ -51,6 +51,9 @@ class OnnxBackend:
         # Format-1 graphs exported before `logits_index` existed compute every row's logits.
         self.has_index = "logits_index" in self.names
         self.past_names = [n for n in self.names if n.startswith("past_key_values.")]
+        # kv_layout "sequence-major-packed" graphs take [B, S, kv_heads * head_dim]; the cache here
+        # stays [B, S, kv_heads, head_dim] (the same memory) for every layout.
+        self.packed = json.loads((folder / "setblock.json").read_text())["kv_layout"] == "sequence-major-packed"
 
     def __call__(  # noqa: ANN204
         self,
@@ -67,9 +70,13 @@ class OnnxBackend:
         elif rows is not None:
             raise ValueError("this graph has no logits_index input (exported before it existed)")
         for name, t in zip(self.past_names, past, strict=True):
-            feed[name] = t
+            feed[name] = t.reshape(t.shape[0], t.shape[1], t.shape[2] * t.shape[3]) if self.packed else t
         out = self.sess.run(None, feed)
-        return out[0], out[1:]
+        presents = out[1:]
+        if self.packed:
+            hd = past[0].shape[3]
+            presents = [p.reshape(p.shape[0], p.shape[1], p.shape[2] // hd, hd) for p in presents]
+        return out[0], presents
 
 
 @dataclass

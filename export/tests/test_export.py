@@ -38,7 +38,7 @@ def test_export_verify_decode(tmp_path: Path, tokenizer_obj, name: str) -> None:
     folder = export_folder(ckpt, tmp_path / "out")
     m = json.loads((folder / "setblock.json").read_text())
     assert m["architecture"] == model.__class__.__name__
-    assert m["kv_layout"] == "sequence-major" and m["io"]["past_key"] == "past_key_values.%d.key"
+    assert m["kv_layout"] == "sequence-major-packed" and m["io"]["past_key"] == "past_key_values.%d.key"
     assert m["io"]["logits_index"] == "logits_index"
     checks = run_checks(folder, ckpt)
     assert len(checks) == 6 and any(c["check"].startswith("logits_index keeps") for c in checks)
@@ -56,11 +56,79 @@ def test_export_verify_decode(tmp_path: Path, tokenizer_obj, name: str) -> None:
         assert len(a.tokens) == 16 or a.tokens[-1] in m["eos_token_ids"]
     assert onnx_ref.sbd(prompt, 8, 1e9, 16).forwards == 2
     assert onnx_ref.sbd(prompt, 4, 0.0, 16).forwards == 16
-    # the graph is the fused export form: one Attention op per layer, no decomposed softmax
-    import onnx
+    # the graph is the fused export form: one Attention op per layer, no decomposed softmax or
+    # rotary tables computed per step, residual adds inside the norms, packed [B, S, kv*hd] K/V
+    g = onnx.load(str(folder / "model.onnx")).graph
+    ops = [n.op_type for n in g.node]
+    layers = model.config.num_hidden_layers
+    assert ops.count("Attention") == layers and "Softmax" not in ops
+    assert "Cos" not in ops and "Sin" not in ops
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers - 1
+    assert ops.count("RotaryEmbedding") == (2 * layers if name == "qwen3" else layers)
+    kv = [i for i in g.input if i.name.startswith("past_key_values.")]
+    assert kv and all(len(i.type.tensor_type.shape.dim) == 3 for i in kv)
 
-    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node]
-    assert ops.count("Attention") == model.config.num_hidden_layers and "Softmax" not in ops
+
+def test_export_forward_matches_the_eager_forward(tokenizer_obj, tmp_path: Path) -> None:
+    """The exported form (fused Q|K, rotary tables by position, packed K/V) is the same maths."""
+    for name in ("llama", "qwen3"):
+        model = AutoModelForCausalLM.from_pretrained(make_checkpoint(tmp_path / name, name, tokenizer_obj))
+        consts = arch.OnnxConsts(model, model.config.max_position_embeddings)
+        assert consts.fused_qk == (name != "qwen3")
+        _, _, kvh, hd = arch.dims(model.config)
+        past = [(torch.randn(1, 5, kvh, hd), torch.randn(1, 5, kvh, hd)) for _ in range(model.config.num_hidden_layers)]
+        ids, pos = torch.tensor([[5, 9, 30, 2]]), torch.tensor([[5, 6, 7, 8]])
+        mask = torch.zeros(1, 1, 4, 9)
+        mask[0, 0, 0, 6:] = torch.finfo(torch.float32).min  # a causal row, then 3 block rows
+        with torch.no_grad():
+            a, pa = arch.forward(model, ids, pos, mask, past)
+            b, pb = arch.forward(model, ids, pos, mask, past, consts=consts)
+        assert (a - b).abs().max() < 1e-4
+        for x, y in zip([t for kv in pa for t in kv], [t for kv in pb for t in kv], strict=True):
+            assert x.shape == y.shape and (x - y).abs().max() < 1e-4
+
+
+def test_fuse_skip_norms_keeps_the_sum_for_the_next_residual() -> None:
+    """Add -> RMSNormalization becomes one SkipSimplifiedLayerNormalization whose 4th output
+    replaces the Add's; an Add fed by an initializer (a bias) is left alone. Checked by running."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from setblock_export.onnx_export import fuse_skip_norms
+
+    w = numpy_helper.from_array(np.linspace(0.5, 1.5, 8, dtype=np.float32), "w")
+    bias = numpy_helper.from_array(np.ones(8, np.float32), "bias")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Relu", ["y"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("RMSNormalization", ["sum", "w"], ["n1"], epsilon=1e-6),
+        helper.make_node("Add", ["sum", "n1"], ["z"]),
+        helper.make_node("Add", ["z", "bias"], ["zb"]),
+        helper.make_node("RMSNormalization", ["zb", "w"], ["out"], epsilon=1e-6),
+    ]
+    f = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [f("x", TensorProto.FLOAT, [2, 8]), f("y", TensorProto.FLOAT, [2, 8])],
+        [f("out", TensorProto.FLOAT, [2, 8])],
+        [w, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    feeds = {"x": np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)}
+    feeds["y"] = -feeds["x"][::-1].copy()
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+    want = run(model)
+    assert fuse_skip_norms(model.graph) == 1
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("SkipSimplifiedLayerNormalization") == 1 and ops.count("RMSNormalization") == 1
+    assert np.abs(run(model) - want).max() < 1e-5
 
 
 def test_sbd_decode_stops_at_eos_inside_a_block(tmp_path: Path, tokenizer_obj) -> None:
