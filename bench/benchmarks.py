@@ -1,7 +1,7 @@
 """Issue 6's benchmarks: this runtime (NTP, SBD, auto) against onnxruntime-genai, forward cost
 curves with the roofline, the runtime's overhead, memory against max context.
 
-    .venv/bin/python bench/benchmarks.py [--quick] [--only head|curves|overhead|memory|sbd-large]
+    .venv/bin/python bench/benchmarks.py [--quick] [--only head|curves|memory|sbd-large|sbd-wide]
 
 Needs `cargo build --release`, `models/demo` (+ its checkpoint runs/sbd-stage3 for the
 onnxruntime-genai builder), runs/data/test.jsonl, and for the curves the models of
@@ -240,10 +240,29 @@ def sbd_large(folder: Path, top_s: int, block: int, threads: int) -> list[dict]:
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
+def sbd_wide(folder: Path, n_per_task: int, threads: int) -> list[dict]:
+    """NTP, SBD and auto on the demo's function at 110M parameters (``demo-wide-*``, see
+    bench/make_bench_models.py): the same prompts and checks as the head to head, on a model whose
+    forwards are memory-heavy; one process, systems interleaved prompt by prompt."""
+    cmd = [
+        str(EXE),
+        "bench",
+        "--model",
+        str(folder),
+        "--prompts",
+        str(prompts_file(n_per_task)),
+        "--threads",
+        str(threads),
+        "--json",
+        "--auto",
+    ]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer prompts and reps (a smoke run)")
-    ap.add_argument("--only", nargs="+", default=["head", "curves", "memory", "sbd-large"])
+    ap.add_argument("--only", nargs="+", default=["head", "curves", "memory", "sbd-large", "sbd-wide"])
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     res = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -267,6 +286,13 @@ def main() -> None:
         for name in ("llama400m-int8",):
             if (BENCH_MODELS / name).exists():
                 res["sbd_large"][name] = {s: sbd_large(BENCH_MODELS / name, s, 8, 2) for s in (2, 4)}
+        save()
+    if "sbd-wide" in a.only:
+        res["sbd_wide"] = {}
+        for name in ("demo-wide-int8", "demo-wide-fp32"):
+            if (BENCH_MODELS / name).exists():
+                res["sbd_wide"][name] = sbd_wide(BENCH_MODELS / name, 5 if a.quick else 30, 2)
+                save()
     save()
     print("wrote", OUT)
     plot(res)
