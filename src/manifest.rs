@@ -65,6 +65,10 @@ impl IoNames {
 pub struct Files {
     /// The ONNX graph.
     pub model: String,
+    /// The graph's external weights file, when its tensors are stored beside it (the exporter's
+    /// default: ONNX Runtime maps them instead of copying them into the heap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     /// The Hugging Face `tokenizer.json`.
     pub tokenizer: String,
 }

@@ -361,6 +361,16 @@ impl Model {
                 hint: "the manifest's files.model must name the model.onnx in the folder",
             });
         }
+        if let Some(w) = &m.files.weights {
+            let path = dir.join(w);
+            if !path.is_file() {
+                return Err(Error::MissingFile {
+                    path,
+                    what: "external weights of the ONNX graph",
+                    hint: "copy the whole model folder: files.weights names the file the graph's tensors are stored in",
+                });
+            }
+        }
         let (lib, env) = ort_env::runtime(opts.ort_library.as_deref())?;
         let providers = if opts.execution_providers.is_empty() {
             vec![ExecutionProvider::Cpu]

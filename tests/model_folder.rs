@@ -59,6 +59,14 @@ fn missing_folder_and_files() {
     let (_t, dir) = copy_fixture();
     std::fs::remove_file(dir.join("setblock.json")).unwrap();
     assert!(load_err(&dir).contains("setblock.json"));
+    // the graph's tensors live in files.weights beside it
+    let (_t, dir) = copy_fixture();
+    std::fs::remove_file(dir.join("model.onnx.data")).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.onnx.data") && e.contains("external weights"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -178,7 +178,6 @@ def _export_graph(model: nn.Module, path: Path) -> None:
     for i in range(layers):
         names_in += [IO["past_key"] % i, IO["past_value"] % i]
         names_out += [IO["present_key"] % i, IO["present_value"] % i]
-    big = sum(t.numel() * 4 for t in model.parameters()) > 1_500_000_000
     with torch.no_grad():
         prog = torch.onnx.export(
             _Graph(model).eval(),
@@ -190,14 +189,35 @@ def _export_graph(model: nn.Module, path: Path) -> None:
             dynamic_shapes=dyn,
             verbose=False,
         )
-    prog.save(str(path), external_data=big)
+    prog.save(str(path), external_data=True)
     proto = onnx.load(str(path))
-    if fuse_skip_norms(proto.graph):
-        if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-            proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-        for f in path.parent.glob(path.name + "*"):
-            f.unlink()
-        onnx.save(proto, str(path), save_as_external_data=big, location=path.name + ".data")
+    if fuse_skip_norms(proto.graph) and not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    save_graph(proto, path)
+
+
+def save_graph(proto: onnx.ModelProto, path: Path) -> str:
+    """Write the graph to ``path`` and its weights (every tensor of 1 KiB or more) to one external
+    file beside it; returns that file's name (the manifest's ``files.weights``).
+
+    ONNX Runtime maps external weights from the file instead of parsing them out of the protobuf
+    into the heap: measured on SmolLM2-135M fp32, 115 MiB less resident after loading and a peak of
+    682 MiB against 798-1,022 (the single-file load's transient copy, released to the OS or not by
+    chance). Forward times are unchanged.
+    """
+    data = path.name + ".data"
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    onnx.save(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=1024,
+    )
+    (path.parent / data).chmod(0o644)  # onnx creates it owner-only; the folder is meant to be shipped
+    return data
 
 
 def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs, gm, default_k) -> None:  # noqa: ANN001, PLR0913
@@ -212,6 +232,7 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
         _quantize(raw, graph, quantize)
         for f in tmp.glob("fp32.onnx*"):
             f.unlink()
+        save_graph(onnx.load(str(graph)), graph)
     tok.save_pretrained(tmp)
     # The runtime reads the chat template from tokenizer_config.json.
     tc_path = tmp / "tokenizer_config.json"
@@ -249,7 +270,7 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
         "quantization": quantize,
         "kv_layout": KV_LAYOUT,
         "io": IO,
-        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json"},
+        "files": {"model": "model.onnx", "weights": "model.onnx.data", "tokenizer": "tokenizer.json"},
         "provenance": {
             **prov,
             "source_checkpoint": str(checkpoint),
@@ -263,13 +284,18 @@ def _quantize(src: Path, dst: Path, kind: str) -> None:
     if kind == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=True,
+        )
     elif kind == "int4":
-        import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=True)
         q.process()
-        q.model.save_model_to_file(str(dst), use_external_data_format=False)
+        q.model.save_model_to_file(str(dst), use_external_data_format=True)
     else:
         raise ExportError(f"--quantize {kind}: choose none, int8 or int4")
