@@ -54,6 +54,14 @@ int main(int argc, char **argv) {
   printf("text: %s\nblocks: %d, tokens/forward %.2f\n", text, blocks, stats.tokens_per_forward);
   sb_string_free(text);
 
+  /* auto: per block, NTP or the block size with the best expected tokens/s on this device */
+  sb_session_reset(session);
+  opts.mode = SB_MODE_AUTO;
+  blocks = 0;
+  if (check(sb_generate(session, prompt, &opts, NULL, NULL, &stats, NULL), "sb_generate (auto)")) return 1;
+  printf("auto: %u tokens in %u forwards\n", (unsigned)stats.generated_tokens, (unsigned)stats.forward_passes);
+  opts.mode = SB_MODE_SBD;
+
   /* errors are codes + messages, never crashes */
   sb_generate_options bad = sb_generate_options_default();
   bad.block_size = 1000;

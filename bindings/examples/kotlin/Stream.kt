@@ -12,7 +12,7 @@ fun main(args: Array<String>) = runBlocking<Unit> {
     val prompt = args.getOrElse(1) { "sort 42 17 88 17 30 61" }
     val engine = SetblockEngine()
     engine.load(LoadConfig(modelDir = dir))
-    for (mode in listOf(DecodeMode.SBD, DecodeMode.NTP)) {
+    for (mode in listOf(DecodeMode.SBD, DecodeMode.AUTO, DecodeMode.NTP)) {
         engine.generate(prompt, GenerateConfig(mode = mode)).collect { event ->
             when (event) {
                 is GenerationEvent.Block -> print(event.text)

@@ -24,7 +24,7 @@ def main() -> None:
     prompt = sys.argv[2] if len(sys.argv) > 2 else "sort 42 17 88 17 30 61"
     model = sb.SbModel.load(sb.LoadConfig(model_dir=model_dir))
     session = sb.SbSession(model)
-    for mode in (sb.DecodeMode.SBD, sb.DecodeMode.NTP):
+    for mode in (sb.DecodeMode.SBD, sb.DecodeMode.AUTO, sb.DecodeMode.NTP):
         r = session.generate(prompt, sb.GenerateConfig(mode=mode), Printer())
         s = r.stats
         print(f"\n[{mode.name}: {s.generated_tokens} tokens in {s.forward_passes} forwards, stop {s.stop_reason}]")
