@@ -1,7 +1,7 @@
 """Issue 6's benchmarks: this runtime (NTP, SBD, auto) against onnxruntime-genai, forward cost
 curves with the roofline, the runtime's overhead, memory against max context.
 
-    .venv/bin/python bench/benchmarks.py [--quick] [--only head|curves|memory|sbd-large|sbd-wide]
+    .venv/bin/python bench/benchmarks.py [--quick] [--only head|head-wide|curves|memory|sbd-large|sbd-wide]
 
 Needs `cargo build --release`, `models/demo` (+ its checkpoint runs/sbd-stage3 for the
 onnxruntime-genai builder), runs/data/test.jsonl, and for the curves the models of
@@ -37,6 +37,17 @@ def run_measured(cmd: list[str]) -> tuple[str, int]:
         return out.read().decode(), usage.ru_maxrss
 
 
+def bench_cmd(model: Path, prompts: Path, threads: int, *extra: str) -> list[str]:
+    """``setblock bench --json`` on ``model`` over ``prompts``."""
+    args = ["--model", str(model), "--prompts", str(prompts), "--threads", str(threads), "--json"]
+    return [str(EXE), "bench", *args, *extra]
+
+
+def run_bench(model: Path, prompts: Path, threads: int, *extra: str) -> str:
+    """Run :func:`bench_cmd`; its JSON output."""
+    return subprocess.run(bench_cmd(model, prompts, threads, *extra), check=True, capture_output=True, text=True).stdout
+
+
 def prompts_file(n_per_task: int) -> Path:
     rows: dict[str, list[str]] = {}
     for line in (ROOT / "runs" / "data" / "test.jsonl").read_text().splitlines():
@@ -46,20 +57,18 @@ def prompts_file(n_per_task: int) -> Path:
     return f
 
 
-def head_to_head(n_per_task: int, rounds: int, threads: int) -> dict:
-    """onnxruntime-genai NTP vs this runtime (NTP, SBD low/high gamma, auto) on the demo model."""
-    prompts = prompts_file(n_per_task)
-    genai_dir = BENCH_MODELS / "genai-demo"
-    if not genai_dir.exists():
+def genai_model(checkpoint: Path, out: Path) -> Path:
+    """onnxruntime-genai's own export of ``checkpoint`` (its model builder, fp32, CPU)."""
+    if not out.exists():
         subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "onnxruntime_genai.models.builder",
                 "-i",
-                str(ROOT / "runs" / "sbd-stage3"),
+                str(checkpoint),
                 "-o",
-                str(genai_dir),
+                str(out),
                 "-p",
                 "fp32",
                 "-e",
@@ -70,8 +79,24 @@ def head_to_head(n_per_task: int, rounds: int, threads: int) -> dict:
             check=True,
             capture_output=True,
         )
-    ours_cmd = [str(EXE), "bench", "--prompts", str(prompts), "--threads", str(threads), "--json", "--auto"]
-    ntp_cmd = [str(EXE), "bench", "--prompts", str(prompts), "--threads", str(threads), "--json", "--ntp-only"]
+    return out
+
+
+def head_to_head(
+    n_per_task: int,
+    rounds: int,
+    threads: int,
+    checkpoint: Path = ROOT / "runs" / "sbd-stage3",
+    genai_dir: Path = BENCH_MODELS / "genai-demo",
+    ours: Path = ROOT / "models" / "demo",
+    sbd: bool = True,
+) -> dict:
+    """onnxruntime-genai NTP vs this runtime (NTP, and with ``sbd`` SBD low/high gamma and auto)
+    on the same checkpoint: the demo model by default."""
+    prompts = prompts_file(n_per_task)
+    genai_model(checkpoint, genai_dir)
+    ours_cmd = bench_cmd(ours, prompts, threads, "--auto" if sbd else "--ntp-only")
+    ntp_cmd = bench_cmd(ours, prompts, threads, "--ntp-only")
     genai_cmd = [
         sys.executable,
         str(ROOT / "bench" / "genai_run.py"),
@@ -86,7 +111,8 @@ def head_to_head(n_per_task: int, rounds: int, threads: int) -> dict:
         runs["genai"].append((json.loads(out), rss))
         out, rss = run_measured(ours_cmd)
         runs["ours"].append((json.loads(out), rss))
-        out, rss = run_measured(ntp_cmd)
+        if sbd:  # NTP's own process, for its peak memory
+            out, rss = run_measured(ntp_cmd)
         runs["ours_ntp_only"].append((json.loads(out), rss))
 
     # per system: median over rounds of decode tokens/s and TTFT; peak RSS max over rounds
@@ -214,55 +240,21 @@ def sbd_large(folder: Path, top_s: int, block: int, threads: int) -> list[dict]:
         "Give three tips for sleep.",
     ]
     f.write_text("\n".join(json.dumps({"prompt": q}) for q in qs) + "\n")
-    cmd = [
-        str(EXE),
-        "bench",
-        "--model",
-        str(folder),
-        "--prompts",
-        str(f),
-        "--threads",
-        str(threads),
-        "--selection",
-        "top-s",
-        "--top-s",
-        str(top_s),
-        "--block-size",
-        str(block),
-        "--gammas",
-        "0",
-        "--max-new-tokens",
-        "64",
-        "--repeat",
-        "2",
-        "--json",
-    ]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    extra = ["--selection", "top-s", "--top-s", str(top_s), "--block-size", str(block), "--gammas", "0"]
+    return json.loads(run_bench(folder, f, threads, *extra, "--max-new-tokens", "64", "--repeat", "2"))
 
 
 def sbd_wide(folder: Path, n_per_task: int, threads: int) -> list[dict]:
     """NTP, SBD and auto on the demo's function at 110M parameters (``demo-wide-*``, see
     bench/make_bench_models.py): the same prompts and checks as the head to head, on a model whose
     forwards are memory-heavy; one process, systems interleaved prompt by prompt."""
-    cmd = [
-        str(EXE),
-        "bench",
-        "--model",
-        str(folder),
-        "--prompts",
-        str(prompts_file(n_per_task)),
-        "--threads",
-        str(threads),
-        "--json",
-        "--auto",
-    ]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return json.loads(run_bench(folder, prompts_file(n_per_task), threads, "--auto"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer prompts and reps (a smoke run)")
-    ap.add_argument("--only", nargs="+", default=["head", "curves", "memory", "sbd-large", "sbd-wide"])
+    ap.add_argument("--only", nargs="+", default=["head", "head-wide", "curves", "memory", "sbd-large", "sbd-wide"])
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     res = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -286,6 +278,17 @@ def main() -> None:
         for name in ("llama400m-int8",):
             if (BENCH_MODELS / name).exists():
                 res["sbd_large"][name] = {s: sbd_large(BENCH_MODELS / name, s, 8, 2) for s in (2, 4)}
+        save()
+    if "head-wide" in a.only and (BENCH_MODELS / "demo-wide-fp32").exists():
+        res["head_to_head_wide"] = head_to_head(
+            5 if a.quick else 30,
+            1 if a.quick else 3,
+            a.threads,
+            BENCH_MODELS / "demo-wide-ckpt",
+            BENCH_MODELS / "genai-demo-wide",
+            BENCH_MODELS / "demo-wide-fp32",
+            sbd=False,
+        )
         save()
     if "sbd-wide" in a.only:
         res["sbd_wide"] = {}
