@@ -4,8 +4,9 @@ It reads the weights of a Hugging Face ``*ForCausalLM`` module and computes the 
 explicit additive attention mask and explicit position ids, which is what SBD needs (the block
 mask is not causal). ``tests/test_arch.py`` checks it against the Hugging Face forward.
 
-KV layout (the model-format contract): sequence-major ``[batch, seq, kv_heads, head_dim]``; the
-presents hold only the positions of this forward.
+KV layout: sequence-major, ``[batch, seq, kv_heads, head_dim]`` here and packed
+``[batch, seq, kv_heads * head_dim]`` (the same memory) in the exported graph (``forward_onnx``,
+kv_layout ``sequence-major-packed``); the presents hold only the positions of this forward.
 """
 
 from __future__ import annotations
