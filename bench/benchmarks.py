@@ -292,7 +292,7 @@ def main() -> None:
         save()
     if "sbd-wide" in a.only:
         res["sbd_wide"] = {}
-        for name in ("demo-wide-int8", "demo-wide-fp32"):
+        for name in ("demo-wide-int8", "demo-wide-fp32", "demo-wide-int4"):
             if (BENCH_MODELS / name).exists():
                 res["sbd_wide"][name] = sbd_wide(BENCH_MODELS / name, 5 if a.quick else 30, 2)
                 save()

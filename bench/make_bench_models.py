@@ -7,7 +7,7 @@
   ``<|mask|>`` added (the weights are not SBD-trained: these serve the cost curve only).
 - ``llama400m-fp32``, ``llama400m-int8``: a random-weight Llama of about 400M parameters
   (hidden 1024, 24 layers, 16 heads, 4 KV heads, MLP 2816, SmolLM2's 49k vocabulary), seed 0.
-- ``demo-wide-fp32``, ``demo-wide-int8``: the SBD-trained demo model (``runs/sbd-stage3``) embedded
+- ``demo-wide-fp32``, ``demo-wide-int8``, ``demo-wide-int4``: the SBD-trained demo model (``runs/sbd-stage3``) embedded
   in a network of SmolLM2-135M's size (hidden 576, 30 layers, 18 heads, 9 KV heads, MLP 1536;
   110M parameters): the extra widths, heads, neurons and layers hold random weights whose
   contribution is multiplied by exact zeros (zero output-projection rows and columns), and the
@@ -188,7 +188,7 @@ def main() -> None:
             print("wrote", dest)
     wide = widen(ROOT / "runs" / "sbd-stage3", a.out / "demo-wide-ckpt")
     demo = json.loads((ROOT / "models" / "demo" / "setblock.json").read_text())
-    for q in ("none", "int8"):
+    for q in ("none", "int8", "int4"):
         dest = a.out / f"demo-wide-{'fp32' if q == 'none' else q}"
         if not dest.exists():
             export_folder(
