@@ -351,3 +351,31 @@ pub fn trt_profiles(s: ProfileShapes) -> (String, String, String) {
         shape(s.max_context, s.max_context),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trt_profiles_follow_the_kv_layout() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+        let mut m = Manifest::load(&dir).unwrap();
+        let opt = |m: &Manifest| {
+            trt_profiles(ProfileShapes {
+                manifest: m,
+                max_context: 128,
+                max_block: 16,
+            })
+            .1
+        };
+        let (kvh, hd) = (m.num_kv_heads, m.head_dim);
+        assert!(m.kv_packed());
+        // the block step: 2k tokens over half the context, K/V packed to one row per position
+        let packed = opt(&m);
+        assert!(packed.contains("input_ids:1x32,"), "{packed}");
+        assert!(packed.contains(&format!("past_key_values.1.value:1x64x{}", kvh * hd)));
+        m.kv_layout = "sequence-major".into();
+        let four = opt(&m);
+        assert!(four.contains(&format!("past_key_values.1.value:1x64x{kvh}x{hd}")));
+    }
+}
