@@ -23,12 +23,22 @@ pub struct CostCurve {
 }
 
 impl CostCurve {
+    /// Seconds of `forwards` forwards at block size `k` that start `blocks` blocks: each block's
+    /// first forward carries 2k tokens, the others k. `k` = 1 is NTP (`blocks` is then unused).
+    /// `None` when k was not measured.
+    pub fn seconds(&self, k: usize, forwards: f64, blocks: f64) -> Option<f64> {
+        if k == 1 {
+            return Some(forwards * self.ntp);
+        }
+        let &(_, first, next) = self.blocks.iter().find(|b| b.0 == k)?;
+        Some(blocks * first + (forwards - blocks) * next)
+    }
+
     /// Expected tokens per second of block size `k` revealing `tau` tokens per forward; `None`
     /// when k was not measured.
     pub fn sbd_rate(&self, k: usize, tau: f64) -> Option<f64> {
-        let &(_, first, next) = self.blocks.iter().find(|b| b.0 == k)?;
         let forwards = (k as f64 / tau.clamp(1.0, k as f64)).max(1.0);
-        Some(k as f64 / (first + (forwards - 1.0) * next))
+        Some(k as f64 / self.seconds(k, forwards, 1.0)?)
     }
 
     /// Tokens per second of NTP decoding.

@@ -75,11 +75,7 @@ pub fn argmax(row: &[f32], skip: u32) -> u32 {
     // the maximum 8 lanes at a time, then its first index: two cheap passes instead of one
     // branchy one (a 49k-entry row: about 4x faster)
     let sk = skip as usize;
-    let (head, tail) = if sk < row.len() {
-        (&row[..sk], &row[sk + 1..])
-    } else {
-        (row, &row[..0])
-    };
+    let (head, tail) = around(row, sk);
     let m = lane_max(head).max(lane_max(tail));
     if m > f32::NEG_INFINITY {
         if let Some(i) = head.iter().position(|&v| v == m) {
@@ -112,12 +108,7 @@ fn argmax_scalar(row: &[f32], skip: u32) -> u32 {
 /// within 1e-5 nats of the reference decoder's float64 -sum p ln p (tested; the golden cases
 /// hold the decisions equal).
 pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
-    let skip = skip as usize;
-    let (head, tail) = if skip < row.len() {
-        (&row[..skip], &row[skip + 1..])
-    } else {
-        (row, &row[..0])
-    };
+    let (head, tail) = around(row, skip as usize);
     let m = lane_max(head).max(lane_max(tail));
     let (mut z, mut s) = (0.0f64, 0.0f64);
     for part in [head, tail] {
@@ -145,6 +136,16 @@ pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
         }
     }
     (z.ln() - s / z, 1.0 / z)
+}
+
+/// The entries of `row` before and after index `skip` (all of it when `skip` is out of range):
+/// two contiguous slices, so that loops over them need no per-entry test.
+fn around(row: &[f32], skip: usize) -> (&[f32], &[f32]) {
+    if skip < row.len() {
+        (&row[..skip], &row[skip + 1..])
+    } else {
+        (row, &row[..0])
+    }
 }
 
 /// Largest value (NaN-blind), 8 lanes at a time so that it vectorises.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import arch
+from . import KV_SEQUENCE_MAJOR_PACKED, arch
 from .masks import additive, step_allowed
 
 
@@ -53,7 +53,7 @@ class OnnxBackend:
         self.past_names = [n for n in self.names if n.startswith("past_key_values.")]
         # kv_layout "sequence-major-packed" graphs take [B, S, kv_heads * head_dim]; the cache here
         # stays [B, S, kv_heads, head_dim] (the same memory) for every layout.
-        self.packed = json.loads((folder / "setblock.json").read_text())["kv_layout"] == "sequence-major-packed"
+        self.packed = json.loads((folder / "setblock.json").read_text())["kv_layout"] == KV_SEQUENCE_MAJOR_PACKED
 
     def __call__(  # noqa: ANN204
         self,

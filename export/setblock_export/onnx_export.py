@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from . import FORMAT_VERSION, arch
+from . import FORMAT_VERSION, KV_SEQUENCE_MAJOR_PACKED, arch
 from .hf import add_mask_row, has_tokenizer, is_checkpoint, load_model, load_tokenizer
 
 IO = {
@@ -34,9 +34,6 @@ RESERVED_MASK_CANDIDATES = ("<|mask|>", "<mask>", "[MASK]", "<|reserved_special_
 
 class ExportError(ValueError):
     """The checkpoint cannot be exported as asked."""
-
-
-KV_LAYOUT = "sequence-major-packed"  # [batch, seq, kv_heads * head_dim]
 
 
 class _Graph(nn.Module):
@@ -157,7 +154,8 @@ def export_folder(
     return out
 
 
-def _export_graph(model: nn.Module, path: Path) -> None:
+def _export_graph(model: nn.Module, path: Path) -> str:
+    """Trace ``model`` to ``path``; returns the name of its external weights file."""
     layers, _, kv_heads, head_dim = arch.dims(model.config)
     b, s, p = 2, 5, 3  # never 0 or 1: the dynamo exporter would specialise them
     ids = torch.randint(0, model.config.vocab_size, (b, s))
@@ -193,7 +191,7 @@ def _export_graph(model: nn.Module, path: Path) -> None:
     proto = onnx.load(str(path))
     if fuse_skip_norms(proto.graph) and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    save_graph(proto, path)
+    return save_graph(proto, path)
 
 
 def save_graph(proto: onnx.ModelProto, path: Path) -> str:
@@ -225,14 +223,14 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
     layers, heads, kv_heads, head_dim = arch.dims(cfg)
     graph = tmp / "model.onnx"
     if quantize == "none":
-        _export_graph(model, graph)
+        weights = _export_graph(model, graph)
     else:
         raw = tmp / "fp32.onnx"
         _export_graph(model, raw)
         _quantize(raw, graph, quantize)
         for f in tmp.glob("fp32.onnx*"):
             f.unlink()
-        save_graph(onnx.load(str(graph)), graph)
+        weights = save_graph(onnx.load(str(graph)), graph)
     tok.save_pretrained(tmp)
     # The runtime reads the chat template from tokenizer_config.json.
     tc_path = tmp / "tokenizer_config.json"
@@ -268,9 +266,9 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quantize, bs
         "default_block_size": default_k,
         "dtype": "float32",
         "quantization": quantize,
-        "kv_layout": KV_LAYOUT,
+        "kv_layout": KV_SEQUENCE_MAJOR_PACKED,
         "io": IO,
-        "files": {"model": "model.onnx", "weights": "model.onnx.data", "tokenizer": "tokenizer.json"},
+        "files": {"model": graph.name, "weights": weights, "tokenizer": "tokenizer.json"},
         "provenance": {
             **prov,
             "source_checkpoint": str(checkpoint),

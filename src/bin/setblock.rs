@@ -547,17 +547,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 let later = st.forward_passes.saturating_sub(1) as f64;
                 let later_blocks = st.sbd_blocks.saturating_sub(1) as f64;
                 predicted_s[si] += match opts.mode {
-                    Mode::Ntp => later * curve.ntp,
-                    Mode::Sbd if k == 1 => later * curve.ntp,
-                    Mode::Sbd => curve
-                        .blocks
-                        .iter()
-                        .find(|b| b.0 == k)
-                        .map_or(f64::NAN, |b| {
-                            later_blocks * b.1 + (later - later_blocks) * b.2
-                        }),
-                    Mode::Auto => f64::NAN,
-                };
+                    Mode::Ntp => curve.seconds(1, later, 0.0),
+                    Mode::Sbd => curve.seconds(k, later, later_blocks),
+                    Mode::Auto => None,
+                }
+                .unwrap_or(f64::NAN);
                 if pass == 0 {
                     r.sbd_blocks += st.sbd_blocks;
                     r.prompts += 1;
