@@ -156,7 +156,16 @@ def widen(
                     norm.weight[d0:] = 0
     # the GQA groups keep their heads: q head j reads kv head j // ratio in both models, and the
     # original heads are the first h0 (kv0) of each projection
-    print(f"wide demo: {sum(p.numel() for p in big.parameters()) / 1e6:.0f}M parameters")
+    # the same function: logits of a random sequence against the source model's
+    ids = torch.randint(3, c.vocab_size, (1, 40), generator=g)
+    with torch.no_grad():
+        a, b = small(ids).logits, big(ids).logits
+    diff = float((a - b).abs().max())
+    same_top1 = bool((a.argmax(-1) == b.argmax(-1)).all())
+    if diff > 1e-4 or not same_top1:
+        raise ValueError(f"the wide model is not the source's function: max abs diff {diff:.2e}")
+    n = sum(p.numel() for p in big.parameters()) / 1e6
+    print(f"wide demo: {n:.0f}M parameters; logits within {diff:.1e} of the source's, same top-1")
     out.mkdir(parents=True, exist_ok=True)
     big.save_pretrained(out)
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):

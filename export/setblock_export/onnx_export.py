@@ -199,9 +199,10 @@ def save_graph(proto: onnx.ModelProto, path: Path) -> str:
     file beside it; returns that file's name (the manifest's ``files.weights``).
 
     ONNX Runtime maps external weights from the file instead of parsing them out of the protobuf
-    into the heap: measured on SmolLM2-135M fp32, 115 MiB less resident after loading and a peak of
-    682 MiB against 798-1,022 (the single-file load's transient copy, released to the OS or not by
-    chance). Forward times are unchanged.
+    into the heap: on SmolLM2-135M fp32 (``bench/load_memory.py``), 575 MiB resident after loading
+    in every run against 693-904 for a single file, and a peak of 683 MiB against 801-1,012 (the
+    single-file load's transient copy, released to the OS or not by chance). Forward times are
+    unchanged.
     """
     data = path.name + ".data"
     for f in path.parent.glob(path.name + "*"):
