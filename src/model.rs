@@ -20,8 +20,8 @@ use crate::policy::{self, CostCurve};
 /// Default cap on the KV cache: a model's full context preallocated by default is how peers'
 /// users run out of memory.
 pub const DEFAULT_MAX_CONTEXT: usize = 2048;
-/// Untimed 1-token forwards before the cost curve times NTP.
-const NTP_WARMUP: usize = 4;
+/// Untimed 1-token forwards before the cost curve times NTP (`Probe::medians` adds one more: 4).
+const NTP_WARMUP: usize = 3;
 /// Timed 1-token forwards of the cost curve's NTP entry (the cheapest shape: many are cheap).
 const NTP_REPS: usize = 9;
 
