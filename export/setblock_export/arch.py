@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama",
@@ -78,44 +79,87 @@ def forward(
         hd = dims(model.config)[3]
         return logits, [(k.unflatten(2, (-1, hd)), v.unflatten(2, (-1, hd))) for k, v in pres]
     inner = model.model
-    _, heads, kv_heads, head_dim = dims(model.config)
     h = inner.embed_tokens(input_ids)
-    cos, sin = inner.rotary_emb(h, position_ids)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    b, s = input_ids.shape
+    cos, sin = rotary(model, h, position_ids)
     presents: list[KV] = []
     for i, layer in enumerate(inner.layers):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, s, heads, head_dim)
-        k = attn.k_proj(x).view(b, s, kv_heads, head_dim)
-        v = attn.v_proj(x).view(b, s, kv_heads, head_dim)
-        if hasattr(attn, "q_norm"):  # Qwen3
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        presents.append((k.transpose(1, 2), v))
-        v = v.transpose(1, 2)
-        if past is not None:
-            pk, pv = past[i]
-            k = torch.cat([pk.transpose(1, 2), k], dim=2)
-            v = torch.cat([pv.transpose(1, 2), v], dim=2)
+        h, kv = decoder_layer(layer, h, cos, sin, mask, past[i] if past is not None else None, sdpa=sdpa)
+        presents.append(kv)
+    if logits_index is not None:
+        h = h.index_select(1, logits_index)
+    return model.lm_head(inner.norm(h)), presents
+
+
+def rotary(model: nn.Module, h: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary tables of ``position_ids``, ``[B, 1, S, head_dim]`` each."""
+    cos, sin = model.model.rotary_emb(h, position_ids)
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def decoder_layer(
+    layer: nn.Module,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | BlockMask,
+    past: KV | None = None,
+    *,
+    sdpa: bool = False,
+) -> tuple[torch.Tensor, KV]:
+    """One decoder layer: the new hidden states and this forward's (key, value) presents.
+
+    ``mask`` is the additive float mask of :func:`forward`, or a FlexAttention ``BlockMask``
+    (training on CUDA: the sparse form of the same mask, no dense matrix).
+    """
+    attn = layer.self_attn
+    b, s, _ = h.shape
+    _, heads, kv_heads, head_dim = dims(attn.config)
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(b, s, heads, head_dim)
+    k = attn.k_proj(x).view(b, s, kv_heads, head_dim)
+    v = attn.v_proj(x).view(b, s, kv_heads, head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    present = (k.transpose(1, 2), v)
+    v = v.transpose(1, 2)
+    if past is not None:
+        pk, pv = past
+        k = torch.cat([pk.transpose(1, 2), k], dim=2)
+        v = torch.cat([pv.transpose(1, 2), v], dim=2)
+    scale = head_dim**-0.5
+    if isinstance(mask, BlockMask):
+        o = _flex(q, k, v, mask, scale)
+    else:
         if kv_heads != heads:
             k = k.repeat_interleave(heads // kv_heads, dim=1)
             v = v.repeat_interleave(heads // kv_heads, dim=1)
-        scale = head_dim**-0.5
         if sdpa:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
             o = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
-        o = o.transpose(1, 2).reshape(b, s, heads * head_dim)
-        h = h + attn.o_proj(o)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    if logits_index is not None:
-        h = h.index_select(1, logits_index)
-    return model.lm_head(inner.norm(h)), presents
+    o = o.transpose(1, 2).reshape(b, s, heads * head_dim)
+    h = h + attn.o_proj(o)
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return h, present
+
+
+_COMPILED_FLEX = None
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, scale: float) -> torch.Tensor:
+    """FlexAttention: compiled on CUDA (its fast kernel), eager elsewhere (the tests' reference)."""
+    global _COMPILED_FLEX  # noqa: PLW0603 - one compiled kernel per process
+    if q.is_cuda:
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(flex_attention)
+        fn = _COMPILED_FLEX
+    else:
+        fn = flex_attention
+    return fn(q, k, v, block_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import FORMAT_VERSION, KV_SEQUENCE_MAJOR_PACKED, arch
-from .hf import add_mask_row, has_tokenizer, is_checkpoint, load_model, load_tokenizer
+from .hf import CheckpointError, find_mask_token, has_tokenizer, is_checkpoint, load_model, load_tokenizer
 
 IO = {
     "input_ids": "input_ids",
@@ -29,10 +29,9 @@ IO = {
     "present_key": "present.%d.key",
     "present_value": "present.%d.value",
 }
-RESERVED_MASK_CANDIDATES = ("<|mask|>", "<mask>", "[MASK]", "<|reserved_special_token_0|>")
 
 
-class ExportError(ValueError):
+class ExportError(CheckpointError):
     """The checkpoint cannot be exported as asked."""
 
 
@@ -91,26 +90,6 @@ def fuse_skip_norms(graph: onnx.GraphProto) -> int:
     return len(fused)
 
 
-def find_mask_token(tok, model: nn.Module, add: bool) -> tuple[int, str]:  # noqa: ANN001
-    """The tokenizer's mask token, a reserved one, or (with ``add``) a new ``<|mask|>`` row."""
-    if tok.mask_token_id is not None:
-        return tok.mask_token_id, "tokenizer mask token"
-    vocab = tok.get_vocab()
-    for cand in RESERVED_MASK_CANDIDATES:
-        if cand in vocab:
-            return vocab[cand], f"reserved token {cand}"
-    if not add:
-        rows = model.get_input_embeddings().weight.shape[0]
-        raise ExportError(
-            f"no room for a mask token: the tokenizer has {len(tok)} tokens and the embedding {rows} rows, "
-            "and none is a mask or reserved token; pass --add-mask-token to add <|mask|> (then fine-tune with SBD)"
-        )
-    tok.add_special_tokens({"mask_token": "<|mask|>"})
-    new_id = tok.mask_token_id
-    add_mask_row(model, new_id)
-    return new_id, "added <|mask|>"
-
-
 def export_folder(
     checkpoint: Path,
     out: Path,
@@ -127,7 +106,9 @@ def export_folder(
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
     checkpoint = Path(checkpoint)
     if not is_checkpoint(checkpoint):
-        raise ExportError(f"{checkpoint} is not a Hugging Face checkpoint (no config.json) nor a .gguf file")
+        raise ExportError(
+            f"{checkpoint} is not a Hugging Face checkpoint (no config.json), a .gguf file nor a LoRA adapter folder"
+        )
     if not has_tokenizer(checkpoint):
         raise ExportError(
             f"{checkpoint} has no tokenizer (tokenizer.json); copy the base model's tokenizer files there"

@@ -1,38 +1,58 @@
-"""`finetune`: the SBD objective (method doc section 2) or the NTP-only baseline.
+"""`finetune`: the SBD objective (method doc section 2) or the NTP-only baseline, one loop for every
+place it runs: CPU or CUDA, one process or many under ``torchrun`` (DDP, or FSDP2 with
+``--fsdp``), full fine-tuning or LoRA (peft), padded rows or packed ones.
 
-Every random choice of a step (batch, block size k, eta, which slots are masked) is drawn from a
-generator seeded by (seed, step), so a resumed run repeats an uninterrupted one bit for bit.
+Reproducibility: every random choice of a micro-step (k, the documents, each document's eta and
+masked slots) comes from a generator seeded by (seed, step, micro) and is drawn for the *global*
+micro-batch, whatever the number of ranks; each rank then trains on its own slice of the rows. So
+a resumed run repeats an uninterrupted one bit for bit, and a run on 2 ranks gives the per-step
+losses of the same run on 1 rank (up to float summation order).
+
+The loss of a micro-step is (NTP sum + MATP sum) over the whole global micro-batch, divided by its
+number of NTP targets (known on every rank without communication: every rank drew every row).
+Each rank back-propagates its partial sum scaled by the world size, since DDP and FSDP average
+gradients over ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import arch
-from .data import Example, encode
-from .masks import additive, training_allowed
+from . import arch, hf
+from .batches import IGNORE, Batch, Plan, layout
+from .data import Corpus, Tokenized
 
-IGNORE = -100
+STATE = "state.pt"
+
+
+class TrainError(ValueError):
+    """A fine-tuning run that cannot start as asked (the message names the option to change)."""
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one run (saved with the checkpoint)."""
+    """Hyper-parameters and placement of one run (saved with the checkpoint)."""
 
     objective: str = "sbd"  # "sbd" or "ntp"
     steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
+    batch_size: int = 32  # rows per optimizer step, over all ranks and micro-steps
+    grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -40,73 +60,124 @@ class TrainConfig:
     k_min: int = 2
     k_max: int = 16
     seed: int = 0
-    bf16: bool = False
     checkpoint_every: int = 200
+    seq_len: int = 0  # packed rows of this many tokens; 0 = one document a row, padded
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float = 0.0  # 0 = 2 * rank
+    add_mask_token: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; the weights stay fp32)
+    attention: str = "auto"  # auto | sdpa | flex
+    fsdp: bool = False
+    activation_checkpointing: bool = False
+
+    def check(self) -> None:
+        """Refuse values out of range, naming the option."""
+        if self.objective not in ("sbd", "ntp"):
+            raise TrainError(f"--objective {self.objective}: use sbd or ntp")
+        if not 1 <= self.k_min <= self.k_max:
+            raise TrainError(f"--k-min {self.k_min} / --k-max {self.k_max}: need 1 <= k-min <= k-max")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.batch_size % self.grad_accum:
+            raise TrainError(f"--batch-size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
+        if self.seq_len < 0 or self.lora_rank < 0 or self.lora_alpha < 0:
+            raise TrainError("--seq-len, --lora-rank and --lora-alpha cannot be negative")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0:
+            raise TrainError(f"--lr {self.lr} / --warmup {self.warmup}: need lr > 0 and warmup >= 0")
+        for name, allowed in (
+            ("device", ("auto", "cpu", "cuda")),
+            ("precision", ("auto", "fp32", "bf16")),
+            ("attention", ("auto", "sdpa", "flex")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise TrainError(f"--{name} {getattr(self, name)}: use one of {', '.join(allowed)}")
 
 
 @dataclass
-class Batch:
-    """Tensors of one micro-batch."""
+class Placement:
+    """Where this process trains: its rank among ``world`` and its device."""
 
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    mask: torch.Tensor
-    ntp_targets: torch.Tensor  # [B, Lmax - 1]
-    matp_targets: torch.Tensor  # [B, Rmax]
-    clean_len: int
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # this run created the process group (and destroys it)
 
-
-def make_batch(
-    examples: list[Example], objective: str, k: int, mask_id: int, pad_id: int, gen: torch.Generator
-) -> Batch:
-    """Lay out [clean | noisy] (SBD) or [clean] (NTP) with masks and targets."""
-    lmax = max(len(e.ids) for e in examples)
-    rmax = max(len(e.ids) - e.start for e in examples) if objective == "sbd" else 0
-    b, t = len(examples), lmax + rmax
-    ids = torch.full((b, t), pad_id, dtype=torch.long)
-    pos = torch.zeros((b, t), dtype=torch.long)
-    allowed = torch.zeros((b, t, t), dtype=torch.bool)
-    ntp = torch.full((b, lmax - 1), IGNORE, dtype=torch.long)
-    matp = torch.full((b, rmax), IGNORE, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.ids)
-        x = torch.tensor(e.ids)
-        ids[i, :n] = x
-        pos[i, :lmax] = torch.arange(lmax)
-        first = max(e.start, 1)  # first NTP target position
-        ntp[i, first - 1 : n - 1] = x[first:]
-        if objective == "sbd":
-            r = n - e.start
-            eta = torch.rand((), generator=gen)
-            masked = torch.rand(r, generator=gen) < eta
-            noisy = x[e.start :].clone()
-            noisy[masked] = mask_id
-            ids[i, lmax : lmax + r] = noisy
-            pos[i, lmax:] = torch.arange(e.start, e.start + rmax)
-            matp[i, :r] = torch.where(masked, x[e.start :], torch.full_like(noisy, IGNORE))
-            allowed[i] = training_allowed(n, e.start, k, lmax, rmax)
-        else:
-            allowed[i] = training_allowed(n, 0, 1, lmax, 0)
-    return Batch(ids, pos, additive(allowed), ntp, matp, lmax)
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes files and draws the progress bar."""
+        return self.rank == 0
 
 
-def loss_of(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-    """(NTP sum + masked-slot sum) / number of NTP targets, and that count."""
-    logits, _ = arch.forward(model, batch.input_ids, batch.position_ids, batch.mask, sdpa=True)
-    logits = logits.float()
-    v = logits.shape[-1]
-    lmax = batch.clean_len
-    ntp = F.cross_entropy(
-        logits[:, : lmax - 1].reshape(-1, v), batch.ntp_targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-    total = ntp
-    if batch.matp_targets.numel():
-        matp = F.cross_entropy(
-            logits[:, lmax:].reshape(-1, v), batch.matp_targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+def place(cfg: TrainConfig) -> Placement:
+    """The device, and the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on CPU)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return Placement(rank, world, device, owns)
+
+
+def resolve(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast?, FlexAttention?) for this device: bf16 and flex on CUDA, fp32 and SDPA on CPU.
+
+    On CPU bf16 autocast measured about 15x slower than fp32 at SmolLM2-135M's size (2 threads),
+    and FlexAttention has no backward pass on CPU (PyTorch 2.15): bf16 is allowed when asked for,
+    flex is refused there.
+    """
+    cuda = device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    flex = cfg.attention == "flex" or (cfg.attention == "auto" and cuda)
+    if flex and not cuda:
+        raise TrainError(
+            "--attention flex: PyTorch's FlexAttention has no backward pass on CPU; use --attention sdpa "
+            "(or auto) there, the same mask as a dense matrix"
         )
-        total = total + matp
-    count = int((batch.ntp_targets != IGNORE).sum())
-    return total / max(count, 1), count
+    return bf16, flex
+
+
+class SBDLoss(nn.Module):
+    """The training forward: (summed) cross-entropy of a batch under its SBD training mask.
+
+    Wraps the causal LM (plain or with LoRA layers); each decoder layer's ``forward`` becomes
+    :func:`arch.decoder_layer` (the exporter's own layer math, taking a dense mask or a
+    FlexAttention ``BlockMask``), so FSDP's per-layer hooks fire. Logits are computed only for the
+    positions that carry a label.
+    """
+
+    def __init__(self, lm: nn.Module, *, checkpointing: bool = False) -> None:
+        super().__init__()
+        self.lm = lm
+        self.checkpointing = checkpointing
+        for layer in lm.model.layers:
+            layer.forward = partial(arch.decoder_layer, layer, sdpa=True)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor, mask) -> torch.Tensor:  # noqa: ANN001
+        """Sum of the token losses (NTP targets and masked slots)."""
+        inner = self.lm.model
+        h = inner.embed_tokens(input_ids)
+        cos, sin = arch.rotary(self.lm, h, position_ids)
+        for layer in inner.layers:
+            if self.checkpointing and self.training:
+                h, _ = activation_checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+            else:
+                h, _ = layer(h, cos, sin, mask)
+        sel = labels != IGNORE
+        logits = self.lm.lm_head(inner.norm(h[sel])).float()
+        return F.cross_entropy(logits, labels[sel], reduction="sum")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -122,89 +193,77 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + micro)
 
 
-def finetune(
-    checkpoint: Path, data: Path, out: Path, cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
-) -> Path:
-    """Train ``checkpoint`` on ``data``; writes checkpoints under ``out/checkpoint`` and the model to ``out``.
+def _mask_token(tok, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> int | None:  # noqa: ANN001
+    """The mask token id SBD trains (added as ``<|mask|>`` with --add-mask-token), None for NTP."""
+    if cfg.objective != "sbd" and tok.mask_token_id is None:
+        return None
+    try:
+        mask_id, _ = hf.find_mask_token(tok, model, cfg.add_mask_token)
+    except hf.CheckpointError as e:
+        raise TrainError(f"{checkpoint}: SBD training needs a mask token: {e}") from e
+    if tok.mask_token_id is None:  # a reserved token: make it the tokenizer's mask token
+        tok.add_special_tokens({"mask_token": tok.convert_ids_to_tokens(mask_id)})
+    hf.add_mask_row(model, mask_id)
+    return mask_id
 
-    ``stop_after`` ends the run early after that many steps (used by the resume test).
-    """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    ckpt_dir = out / "checkpoint"
-    if out.exists() and not resume:
-        raise FileExistsError(
-            f"output folder {out} already exists; pass --resume to continue it or choose another --out"
-        )
-    src = ckpt_dir if resume and (ckpt_dir / "state.pt").exists() else checkpoint
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    arch.architecture_of(model)
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    mask_id = tok.mask_token_id
-    if cfg.objective == "sbd" and mask_id is None:
-        raise ValueError(f"{checkpoint}: the tokenizer has no mask token; SBD training needs one (add <|mask|>)")
-    eos_id = tok.eos_token_id
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
-    examples = encode(data, tok, eos_id, model.config.max_position_embeddings)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    start_step = 0
-    if src == ckpt_dir:
-        state = torch.load(ckpt_dir / "state.pt", weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-        cfg = TrainConfig(**state["config"])
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "metrics.jsonl").open("a", encoding="utf-8")
-    model.train()
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"{cfg.objective} finetune")
-    tokens, t0 = 0, time.time()
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            gen = step_generator(cfg.seed, step, micro)
-            k = int(torch.randint(cfg.k_min, cfg.k_max + 1, (), generator=gen))
-            idx = torch.randint(len(examples), (cfg.batch_size,), generator=gen)
-            batch = make_batch([examples[int(i)] for i in idx], cfg.objective, k, mask_id or 0, pad_id, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, _ = loss_of(model, batch)
-            (loss / cfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum
-            tokens += int(batch.input_ids.numel())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        rate = tokens / max(time.time() - t0, 1e-9)
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr_at(step, cfg):.2e}", tok_s=f"{rate:.0f}")
-        log.write(json.dumps({"step": step + 1, "loss": step_loss, "lr": lr_at(step, cfg)}) + "\n")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or (stop_after and done >= stop_after):
-            _save_checkpoint(model, opt, cfg, done, ckpt_dir)
-        if stop_after and done >= stop_after:
-            log.close()
-            return out
-    log.close()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    prov_path = Path(checkpoint) / "setblock_train.json"
-    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"base_model": str(checkpoint), "runs": []}
-    prov["runs"].append(
-        {
-            **asdict(cfg),
-            "data": str(data),
-            "documents": len(examples),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+
+def _lora(model: nn.Module, cfg: TrainConfig, mask_id: int | None) -> nn.Module:
+    """LoRA on every linear layer (peft), plus the mask token's embedding (and untied output) row."""
+    from peft import LoraConfig, get_peft_model
+
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    tokens = None
+    if mask_id is not None and cfg.objective == "sbd":
+        tokens = [mask_id] if tied else {"embed_tokens": [mask_id], "lm_head": [mask_id]}
+    lcfg = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        trainable_token_indices=tokens,
     )
-    (out / "setblock_train.json").write_text(json.dumps(prov, indent=2))
-    return out
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same on every rank and every run
+    return get_peft_model(model, lcfg)
 
 
-def _save_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, d: Path) -> None:
+def _wrap(module: SBDLoss, cfg: TrainConfig, where: Placement) -> nn.Module:
+    """DDP, FSDP2 (``fully_shard`` per decoder layer, then the root) or nothing (one process)."""
+    if where.world == 1:
+        return module
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in module.lm.model.layers:
+            fully_shard(layer)
+        fully_shard(module)
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [where.device.index] if where.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def _sync(runner: nn.Module, module: nn.Module, cfg: TrainConfig, last: bool) -> contextlib.AbstractContextManager:
+    """Gradient synchronisation only on the last micro-step of an optimizer step."""
+    if hasattr(runner, "no_sync") and not last:
+        return runner.no_sync()
+    if cfg.fsdp and hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+def _options(**kw) -> StateDictOptions:  # noqa: ANN003
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+
+def _save_state(module: nn.Module, opt: torch.optim.Optimizer, extra: dict, d: Path, main: bool) -> None:
+    """The trainable weights and optimizer as full (unsharded) state dicts: any number of ranks can resume."""
+    model_sd, optim_sd = get_state_dict(module, opt, options=_options(ignore_frozen_params=True))
+    if not main:
+        return
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp / "state.pt")
+    torch.save({"model": model_sd, "optimizer": optim_sd, **extra}, tmp / STATE)
     if d.exists():
         old = d.with_name(d.name + ".old")
         d.rename(old)
@@ -214,3 +273,255 @@ def _save_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Tr
         old.rmdir()
     else:
         tmp.rename(d)
+
+
+def _load_state(module: nn.Module, opt: torch.optim.Optimizer, d: Path) -> dict:
+    state = torch.load(d / STATE, map_location="cpu", weights_only=False)
+    set_state_dict(
+        module,
+        opt,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=_options(strict=False),
+    )
+    return state
+
+
+def _barrier(where: Placement) -> None:
+    if where.world > 1:
+        dist.barrier()
+
+
+def finetune(  # noqa: PLR0913
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    stop_after: int | None = None,
+    time_limit: float | None = None,
+) -> Path:
+    """Train ``checkpoint`` on ``data``; writes checkpoints under ``out/checkpoint`` and the model to ``out``.
+
+    With ``cfg.lora_rank`` the result is a LoRA adapter folder (small) that ``export`` merges into
+    its base. ``stop_after`` ends the run early, with a checkpoint, after that many steps (the
+    resume test's "crash"); ``time_limit`` (seconds) after the step during which it runs out (a
+    session's or a batch job's share of a long run): ``--resume`` continues either.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    ckpt_dir = out / "checkpoint"
+    resuming = resume and (ckpt_dir / STATE).exists()
+    if out.exists() and not resume:
+        raise FileExistsError(
+            f"output folder {out} already exists; pass --resume to continue it or choose another --out"
+        )
+    if resuming:
+        saved = torch.load(ckpt_dir / STATE, map_location="cpu", weights_only=False)
+        cfg = TrainConfig(**{f.name: saved["config"][f.name] for f in fields(TrainConfig) if f.name in saved["config"]})
+        del saved
+    cfg.check()
+    if not hf.is_checkpoint(checkpoint):
+        raise TrainError(f"--checkpoint {checkpoint}: not a Hugging Face folder (config.json), .gguf file or adapter")
+    if cfg.lora_rank and hf.is_adapter(checkpoint):
+        raise TrainError(
+            f"--checkpoint {checkpoint} is a LoRA adapter: continue it with --resume on its --out, or "
+            "export it (merged) and start a new LoRA run from that folder"
+        )
+    where = place(cfg)
+    try:
+        deadline = time.monotonic() + time_limit if time_limit else None
+        return _run(checkpoint, Path(data), out, cfg, where, resuming, stop_after, deadline)
+    finally:
+        if where.owns_group:
+            dist.destroy_process_group()
+
+
+def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    where: Placement,
+    resuming: bool,
+    stop_after: int | None,
+    deadline: float | None,
+) -> Path:
+    ckpt_dir = out / "checkpoint"
+    micro_rows = cfg.batch_size // cfg.grad_accum
+    if micro_rows % where.world:
+        raise TrainError(
+            f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} = {micro_rows} rows a micro-step, "
+            f"not a multiple of the {where.world} ranks; change --batch-size, --grad-accum or --nproc-per-node"
+        )
+    per_rank = micro_rows // where.world
+    bf16, flex = resolve(cfg, where.device)
+    model = hf.load_model(checkpoint)
+    arch.architecture_of(model)
+    tok = hf.load_tokenizer(checkpoint)
+    mask_id = _mask_token(tok, model, cfg, checkpoint)
+    eos_id = tok.eos_token_id
+    if eos_id is None:
+        raise TrainError(f"{checkpoint}: the tokenizer has no EOS token; every training document ends with one")
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_id
+    docs = Tokenized(Corpus(data), tok, eos_id, model.config.max_position_embeddings)
+    plan = Plan(
+        docs,
+        objective=cfg.objective,
+        k_min=cfg.k_min,
+        k_max=cfg.k_max,
+        rows=micro_rows,
+        seq_len=cfg.seq_len,
+        seed=cfg.seed,
+    )
+    lm = _lora(model, cfg, mask_id) if cfg.lora_rank else model
+    base_lm = lm.base_model.model if cfg.lora_rank else lm
+    module = SBDLoss(base_lm, checkpointing=cfg.activation_checkpointing).to(where.device)
+    module.train()
+    runner = _wrap(module, cfg, where)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    start_step, seen = 0, 0
+    if resuming:
+        state = _load_state(module, opt, ckpt_dir)
+        start_step, seen, plan.cursor = state["step"], state.get("clean_tokens", 0), state.get("cursor", 0)
+    log = None  # opened after the first step: a run that cannot lay out its first batch leaves no folder
+    bar = tqdm(
+        range(start_step, cfg.steps),
+        initial=start_step,
+        total=cfg.steps,
+        desc=f"{cfg.objective}{' lora' if cfg.lora_rank else ''} finetune",
+        disable=not where.main,
+    )
+    t0, run_tokens, done = time.perf_counter(), 0, start_step
+    for step in bar:
+        t_step = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        local_loss = torch.zeros((), dtype=torch.float64)
+        step_tokens = laid_out = 0
+        for micro in range(cfg.grad_accum):
+            rows, length = plan.micro(step_generator(cfg.seed, step, micro))
+            count = sum(s.ntp_targets() for row in rows for s in row)
+            step_tokens += sum(len(s.example.ids) for row in rows for s in row)
+            laid_out += sum(len(s) for row in rows for s in row)
+            mine = rows[where.rank * per_rank : (where.rank + 1) * per_rank]
+            if not cfg.seq_len:
+                length = max(sum(len(s) for s in row) for row in mine)
+            batch = layout(mine, length, mask_id if mask_id is not None else 0, pad_id).to(where.device)
+            last = micro == cfg.grad_accum - 1
+            with _sync(runner, module, cfg, last), torch.autocast(where.device.type, torch.bfloat16, enabled=bf16):
+                total = runner(batch.input_ids, batch.position_ids, batch.labels, _mask(batch, flex))
+                loss = total * (where.world / max(count, 1) / cfg.grad_accum)
+                loss.backward()
+            local_loss += float(total.detach()) / max(count, 1) / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        step_loss = _global(local_loss, where)
+        seen += step_tokens
+        run_tokens += step_tokens
+        rate = run_tokens / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr_at(step, cfg):.2e}", clean_tok_s=f"{rate:.0f}")
+        done = step + 1
+        if where.main and log is None:
+            out.mkdir(parents=True, exist_ok=True)
+            _truncate_metrics(out / "metrics.jsonl", start_step)
+            log = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        if log is not None:
+            rec = {"step": done, "loss": step_loss, "lr": lr_at(step, cfg), "clean_tokens": step_tokens}
+            rec["tokens"] = laid_out  # clean + noisy copies, without padding
+            rec["seconds"] = round(time.perf_counter() - t_step, 4)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        early = (stop_after is not None and done >= stop_after) or _out_of_time(deadline, where)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or early:
+            extra = {"step": done, "cursor": plan.cursor, "clean_tokens": seen, "config": asdict(cfg)}
+            _save_state(module, opt, extra, ckpt_dir, where.main)
+            _barrier(where)
+        if early:
+            break
+    if log is not None:
+        log.close()
+    if done < cfg.steps:
+        return out
+    _save_final(module, lm, tok, checkpoint, data, out, cfg, where, seen, len(docs))
+    _barrier(where)
+    return out
+
+
+def _mask(batch: Batch, flex: bool):  # noqa: ANN202 - a dense tensor or a BlockMask
+    return batch.block_mask() if flex else batch.dense_mask()
+
+
+def _global(local: torch.Tensor, where: Placement) -> float:
+    """The step's loss over all ranks (each holds its rows' share)."""
+    if where.world == 1:
+        return float(local)
+    t = local.to(where.device, torch.float32 if where.device.type == "cuda" else torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+def _out_of_time(deadline: float | None, where: Placement) -> bool:
+    """Whether the time limit has passed, on any rank (so that all ranks stop at the same step)."""
+    if deadline is None:
+        return False
+    late = torch.tensor(float(time.monotonic() >= deadline), device=where.device)
+    if where.world > 1:
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics of steps after the checkpoint being resumed (they will be run again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _save_final(  # noqa: PLR0913
+    module: SBDLoss,
+    lm: nn.Module,
+    tok,  # noqa: ANN001
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    where: Placement,
+    seen: int,
+    documents: int,
+) -> None:
+    """The trained model (full fine-tuning) or adapter (LoRA), its tokenizer and its training record."""
+    model_sd = get_state_dict(module, [], options=_options(ignore_frozen_params=bool(cfg.lora_rank)))[0]
+    if not where.main:
+        return
+    prefix = "lm."
+    sd = {k.removeprefix(prefix): v for k, v in model_sd.items()}
+    if cfg.lora_rank:
+        # peft's own key names: the LoRA model's state dict is the PeftModel's under "base_model.model.".
+        # The embedding stays out even when the vocabulary grew by <|mask|>: that row is the mean of the
+        # others (hf.add_mask_row, deterministic) plus the adapter's trained delta.
+        sd = {"base_model.model." + k: v for k, v in sd.items()}
+        lm.save_pretrained(out, state_dict=sd, save_embedding_layers=False)
+    else:
+        lm.save_pretrained(out, state_dict=sd)
+    tok.save_pretrained(out)
+    record_dir = checkpoint.parent if checkpoint.suffix == ".gguf" else checkpoint
+    prov_path = record_dir / hf.TRAIN_RECORD
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"base_model": str(checkpoint), "runs": []}
+    if cfg.lora_rank:
+        weights = hf.weights_file(checkpoint)
+        prov["lora_base"] = str(checkpoint.resolve())
+        prov["lora_base_sha256"] = hf.sha256(weights) if weights else None
+    prov["runs"].append(
+        {
+            **asdict(cfg),
+            "data": str(data),
+            "documents": documents,
+            "clean_tokens": seen,
+            "ranks": where.world,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    (out / hf.TRAIN_RECORD).write_text(json.dumps(prov, indent=2))
