@@ -17,7 +17,7 @@ def _cmd_tasks(a: argparse.Namespace) -> None:
 def _cmd_mix(a: argparse.Namespace) -> None:
     from .mix import make_mix
 
-    counts = make_mix(a.checkpoint, a.out, a.per_task, a.general_copies, a.max_new_tokens)
+    counts = make_mix(a.checkpoint, a.out, a.per_task, a.general_copies, a.max_new_tokens, a.general_answers)
     print(f"wrote {a.out}: {counts}")
 
 
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-task", type=int, default=3000, help="training rows per graded task")
     s.add_argument("--general-copies", type=int, default=3, help="times each general answer appears")
     s.add_argument("--max-new-tokens", type=int, default=200, help="limit of the base model's answers")
+    s.add_argument("--general-answers", type=Path, default=None, help="reuse a general.jsonl written before")
     s.set_defaults(fn=_cmd_mix)
 
     s = sub.add_parser("init", help="a from-scratch Llama + BPE tokenizer trained on --data")
