@@ -261,6 +261,10 @@ def _save_state(module: nn.Module, opt: torch.optim.Optimizer, extra: dict, d: P
     model_sd, optim_sd = get_state_dict(module, opt, options=_options(ignore_frozen_params=True))
     if not main:
         return
+    # A frozen weight can still come back under a second name (peft's tied lm_head token adapter holds
+    # the base embedding as its base_layer): keep only what training changes, so a LoRA state stays small.
+    trainable = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    model_sd = {k: v for k, v in model_sd.items() if k in trainable}
     tmp = d.with_name(d.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model_sd, "optimizer": optim_sd, **extra}, tmp / STATE)
