@@ -30,12 +30,17 @@ echo "== Python binding (uniffi)"
 bindings/python/build.sh
 (cd bindings/python && PYTHONPATH=gen ../../.venv/bin/python -m pytest -q -p no:logging test_binding.py)
 
+echo "== setblock serve against real clients (the openai package, curl)"
+command -v curl > /dev/null || { echo "test.sh: curl is needed (apt-get install curl)" >&2; exit 1; }
+cargo build --quiet --bin setblock
+(cd tests/serve && ../../.venv/bin/python -m pytest -q -p no:cacheprovider test_serve.py)
+
 echo "== Kotlin bindings + SetblockEngine on the JVM"
 android/run-jvm-checks.sh tests/fixtures/tiny-llama | tail -n 1
 
 echo "== ruff"
-.venv/bin/ruff check export bench bindings/python
-.venv/bin/ruff format --check export bench bindings/python
+.venv/bin/ruff check export bench bindings/python tests/serve
+.venv/bin/ruff format --check export bench bindings/python tests/serve
 
 echo "== pytest (export/)"
 cd export

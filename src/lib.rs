@@ -33,6 +33,8 @@ pub mod ort_env;
 pub mod policy;
 pub mod sample;
 pub mod select;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod session;
 pub mod stream;
 

@@ -158,6 +158,14 @@ impl Session {
         &self.messages
     }
 
+    /// Replace the conversation's messages (chat mode): the next [`Session::generate`] renders
+    /// them, then its prompt as the next user message, and reuses the cached tokens the
+    /// rendering shares with the current context (a server answering a client's whole message
+    /// list re-runs only what changed).
+    pub fn set_messages(&mut self, messages: Vec<Message>) {
+        self.messages = messages;
+    }
+
     /// The block size and selection rule `opts` resolve to on this model (checked).
     pub fn resolve(&self, opts: &GenerateOptions) -> Result<(usize, Selection)> {
         let m = &self.model.manifest;
@@ -228,7 +236,9 @@ impl Session {
                 .iter()
                 .zip(&self.context)
                 .take_while(|(a, b)| a == b)
-                .count();
+                .count()
+                // the last prompt token is fed again when all of it is cached (its logits start the reply)
+                .min(all.len().saturating_sub(1));
             self.context.truncate(common);
             self.cache.truncate(common);
             all[common..].to_vec()

@@ -353,6 +353,34 @@ fn multi_turn_reuses_the_cache_and_equals_a_fresh_rendering() {
 }
 
 #[test]
+fn set_messages_replays_a_conversation_and_reuses_what_is_cached() {
+    // what `setblock serve` does with each request's message list, on a session kept from the last
+    let model = common::model();
+    let opts = sbd(4, 0.5, 12);
+    let mut s = Session::new(model.clone()).unwrap();
+    let first = s.generate("sort 3 1 2", &opts, |_| {}).unwrap();
+    // the same request again: its whole rendering is cached, the last token is fed to start the reply
+    s.set_messages(Vec::new());
+    let again = s.generate("sort 3 1 2", &opts, |_| {}).unwrap();
+    assert_eq!(again.tokens, first.tokens);
+    assert_eq!(again.stats.prompt_tokens, 1);
+    // a different conversation on the same session equals a fresh session's answer
+    let history = vec![setblock::Message {
+        role: "user".into(),
+        content: "sort 5 4".into(),
+    }];
+    s.set_messages(history.clone());
+    let other = s.generate("sort 9 8", &opts, |_| {}).unwrap();
+    let mut fresh = Session::new(model).unwrap();
+    fresh.set_messages(history);
+    assert_eq!(
+        fresh.generate("sort 9 8", &opts, |_| {}).unwrap().tokens,
+        other.tokens
+    );
+    assert_eq!(s.messages().len(), 3);
+}
+
+#[test]
 fn one_model_serves_sessions_on_several_threads() {
     let model = common::model();
     let expected = Session::new(model.clone())

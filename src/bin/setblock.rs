@@ -37,6 +37,37 @@ enum Command {
     Bench(BenchArgs),
     /// The cost of one forward against the number of tokens in it, at several past lengths.
     BenchForward(BenchForwardArgs),
+    /// An OpenAI-compatible HTTP server (chat/completions, completions, models, health, metrics).
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
+}
+
+#[cfg(feature = "serve")]
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to bind: loopback by default; 0.0.0.0 exposes the model to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` (default: SETBLOCK_API_KEY if set, else no key).
+    #[arg(long, env = "SETBLOCK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Generations at once over the shared model (each has its own KV cache).
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Requests that may wait for a free slot; beyond that the server answers 429.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Default and largest max_tokens of a request.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
 }
 
 #[derive(Args)]
@@ -756,6 +787,39 @@ fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "serve")]
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let model = match &a.model.model {
+        Some(d) => d.clone(),
+        None => default_model()?,
+    };
+    let load = LoadOptions {
+        max_context: a.model.max_context,
+        threads: a.model.threads,
+        execution_providers: a
+            .model
+            .eps
+            .iter()
+            .map(|e| ExecutionProvider::parse(e))
+            .collect::<Result<Vec<_>, _>>()?,
+        ort_library: a.model.ort_library.clone(),
+    };
+    let cfg = setblock::serve::ServeConfig {
+        model,
+        load,
+        addr: std::net::SocketAddr::new(a.host, a.port),
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        parallel: a.parallel,
+        queue: a.queue,
+        max_body_bytes: a.max_body_bytes,
+        max_tokens: a.max_tokens,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(setblock::serve::run(cfg))
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
@@ -764,6 +828,8 @@ fn main() {
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
         Command::BenchForward(a) => bench_forward(a),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => serve(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
