@@ -8,12 +8,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 ORT_VERSION=1.32.0
-case "$(uname -m)" in
+# SETBLOCK_ORT_ARCH=aarch64 fetches another architecture's library into .setblock/onnxruntime-ARCH/
+# (for cross-builds run under qemu: scripts/aarch64.sh).
+arch=${SETBLOCK_ORT_ARCH:-$(uname -m)}
+ort_dir=.setblock/onnxruntime
+[ "$arch" = "$(uname -m)" ] || ort_dir=.setblock/onnxruntime-$arch
+case "$arch" in
   x86_64) plat=manylinux_2_28_x86_64; wheel_sha=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d ;;
   aarch64) plat=manylinux_2_28_aarch64; wheel_sha=2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c ;;
-  *) echo "setup: no pinned ONNX Runtime for $(uname -m); set ORT_DYLIB_PATH to a libonnxruntime >= 1.22" >&2; exit 2 ;;
+  *) echo "setup: no pinned ONNX Runtime for $arch; set ORT_DYLIB_PATH to a libonnxruntime >= 1.22" >&2; exit 2 ;;
 esac
-lib=".setblock/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+lib="$ort_dir/libonnxruntime.so.$ORT_VERSION"
 if [ ! -f "$lib" ]; then
   echo "setup: fetching ONNX Runtime $ORT_VERSION ($plat) from PyPI"
   tmp=$(mktemp -d)
@@ -26,9 +31,9 @@ if [ ! -f "$lib" ]; then
 import sys, zipfile
 zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2], [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if "/capi/libonnxruntime" in n])
 PY
-  mkdir -p .setblock/onnxruntime
-  cp "$tmp"/onnxruntime/capi/libonnxruntime* .setblock/onnxruntime/
-  ln -sf "libonnxruntime.so.$ORT_VERSION" .setblock/onnxruntime/libonnxruntime.so
+  mkdir -p "$ort_dir"
+  cp "$tmp"/onnxruntime/capi/libonnxruntime* "$ort_dir"/
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$ort_dir"/libonnxruntime.so
 fi
 
 want_python=0

@@ -38,6 +38,12 @@ cargo build --quiet --bin setblock
 echo "== Kotlin bindings + SetblockEngine on the JVM"
 android/run-jvm-checks.sh tests/fixtures/tiny-llama | tail -n 1
 
+echo "== aarch64 Linux: cross-built, run under qemu-aarch64 (the Rust suite, the demo's tokens on a Pi 4 and a Pi 5 core, the C example)"
+scripts/aarch64.sh test
+scripts/aarch64.sh demo | tail -n 1
+SETBLOCK_QEMU_CPU=cortex-a76 scripts/aarch64.sh demo | tail -n 1
+scripts/aarch64.sh c > /dev/null
+
 echo "== ruff"
 .venv/bin/ruff check export bench bindings/python tests/serve
 .venv/bin/ruff format --check export bench bindings/python tests/serve
