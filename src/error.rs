@@ -16,6 +16,17 @@ pub enum Error {
         /// How to get one.
         hint: &'static str,
     },
+    /// A file of the model folder is there but cannot be used: a directory or a FIFO in its
+    /// place, unreadable, a symlink loop, not UTF-8, or a chat template that does not compile.
+    #[error("{path}: {what} {problem}")]
+    ModelFile {
+        /// The file's path.
+        path: PathBuf,
+        /// What it should have been.
+        what: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The manifest is not valid JSON of the expected shape, or breaks a rule of the format.
     #[error("manifest {path}: {message}")]
     Manifest {

@@ -4,6 +4,25 @@
 //! first `len` positions are one contiguous slice that is handed to ONNX Runtime as the past
 //! without a copy. Only clean tokens are ever committed (never a block slot's K/V).
 
+/// `n` zeroed floats from the allocator's zeroed memory (pages are not touched until written, as
+/// with `vec![0.0; n]`), or `None` when they cannot be had, where `vec!` would abort.
+fn zeroed_floats(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
+    // SAFETY: the layout's size is non-zero; the pointer is checked for null; all-zero bytes
+    // are a valid f32 (0.0); the memory comes from the global allocator with exactly the layout
+    // of a Vec<f32> of capacity n, which is what Vec::from_raw_parts requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if p.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(p, n, n))
+    }
+}
+
 /// Preallocated key/value storage for every layer.
 #[derive(Debug)]
 pub struct KvCache {
@@ -15,16 +34,27 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocate `capacity` positions for `layers` layers of `kv_heads * head_dim` floats.
-    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
-        let row = kv_heads * head_dim;
-        KvCache {
-            keys: (0..layers).map(|_| vec![0.0; capacity * row]).collect(),
-            values: (0..layers).map(|_| vec![0.0; capacity * row]).collect(),
+    /// Allocate `capacity` positions for `layers` layers of `kv_heads * head_dim` floats; `None`
+    /// when the sizes overflow or the memory cannot be had (never an abort).
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Option<Self> {
+        let row = kv_heads.checked_mul(head_dim)?;
+        let per_layer = capacity.checked_mul(row)?;
+        let zeroed = || zeroed_floats(per_layer);
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        keys.try_reserve_exact(layers).ok()?;
+        values.try_reserve_exact(layers).ok()?;
+        for _ in 0..layers {
+            keys.push(zeroed()?);
+            values.push(zeroed()?);
+        }
+        Some(KvCache {
+            keys,
+            values,
             len: 0,
             capacity,
             row,
-        }
+        })
     }
 
     /// Positions committed.
@@ -105,5 +135,20 @@ impl KvCache {
     /// Floats per position per layer (`kv_heads * head_dim`).
     pub fn row(&self) -> usize {
         self.row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_that_overflow_are_none_not_an_abort() {
+        assert!(KvCache::new(2, usize::MAX / 2, 4, 1).is_none());
+        assert!(KvCache::new(2, 1, 1, usize::MAX).is_none());
+        assert!(KvCache::new(2, 1024, 1024, usize::MAX / (1 << 20)).is_none());
+        let c = KvCache::new(2, 2, 16, 8).unwrap();
+        assert_eq!(c.bytes(), 2 * 2 * 8 * 32 * 4);
+        assert!(c.past_keys(1).is_empty());
     }
 }

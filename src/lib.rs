@@ -25,6 +25,7 @@
 pub mod chat;
 pub mod decode;
 pub mod error;
+mod files;
 pub mod kv_cache;
 pub mod manifest;
 pub mod mask;

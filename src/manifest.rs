@@ -5,9 +5,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::{self, IfMissing};
 
 /// The manifest format version this runtime reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Bounds on the manifest's sizes, checked before anything is allocated from them (the largest
+/// open models are well inside them; a value beyond one is a corrupt or hostile manifest).
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 1024;
+const MAX_HEAD_DIM: usize = 4096;
+const MAX_HIDDEN: usize = 1 << 17;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_POSITIONS: usize = 1 << 24;
+const MAX_BLOCK: usize = 1024;
 
 /// The inclusive range of block sizes the model was trained with.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,6 +155,14 @@ impl Manifest {
     /// Read and validate `dir/setblock.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         if !dir.is_dir() {
+            if dir.exists() {
+                return Err(Error::ModelFile {
+                    path: dir.to_path_buf(),
+                    what: "model folder",
+                    problem: "is a file, not a folder: pass the folder that holds setblock.json"
+                        .into(),
+                });
+            }
             return Err(Error::MissingFile {
                 path: dir.to_path_buf(),
                 what: "model folder",
@@ -151,11 +170,14 @@ impl Manifest {
             });
         }
         let path = dir.join("setblock.json");
-        let text = std::fs::read_to_string(&path).map_err(|_| Error::MissingFile {
-            path: path.clone(),
-            what: "the manifest setblock.json",
-            hint: "export the model with `python -m setblock_export export`, which writes it",
-        })?;
+        let text = files::read_text(
+            &path,
+            "the manifest setblock.json",
+            IfMissing::Fail(
+                "export the model with `python -m setblock_export export`, which writes it",
+            ),
+        )?
+        .unwrap_or_default();
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::Manifest {
                 path: path.clone(),
@@ -165,14 +187,22 @@ impl Manifest {
             if v != u64::from(FORMAT_VERSION) {
                 return Err(Error::UnsupportedFormat {
                     path,
-                    found: v as u32,
+                    found: u32::try_from(v).unwrap_or(u32::MAX),
                     supported: FORMAT_VERSION,
                 });
             }
         }
-        let m: Manifest = serde_json::from_value(value).map_err(|e| Error::Manifest {
-            path: path.clone(),
-            message: e.to_string(),
+        let m: Manifest = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            Error::Manifest {
+                path: path.clone(),
+                message: if field == "." {
+                    inner.to_string()
+                } else {
+                    format!("field {field}: {inner}")
+                },
+            }
         })?;
         m.validate(&path)?;
         Ok(m)
@@ -191,6 +221,45 @@ impl Manifest {
             return Err(bad(
                 "num_layers, num_kv_heads, head_dim and vocab_size must be positive".into(),
             ));
+        }
+        for (field, value, limit) in [
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_heads", self.num_heads, MAX_HEADS),
+            ("num_kv_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_positions", self.max_positions, MAX_POSITIONS),
+            ("block_sizes.max", self.block_sizes.max, MAX_BLOCK),
+        ] {
+            if value > limit {
+                return Err(bad(format!(
+                    "{field} {value} is beyond what this runtime accepts ({limit}); the manifest is corrupt or not from setblock_export"
+                )));
+            }
+        }
+        for (field, g) in [
+            ("gamma.low", self.gamma.low),
+            ("gamma.high", self.gamma.high),
+        ] {
+            if !g.is_finite() || g < 0.0 {
+                return Err(bad(format!(
+                    "{field} {g} must be a finite number >= 0 (the default EB-Sampler entropy budget)"
+                )));
+            }
+        }
+        for (field, name) in [
+            ("files.model", Some(&self.files.model)),
+            ("files.weights", self.files.weights.as_ref()),
+            ("files.tokenizer", Some(&self.files.tokenizer)),
+        ] {
+            if let Some(name) = name {
+                if !files::inside_folder(name) {
+                    return Err(bad(format!(
+                        "{field} {name:?} must name a file inside the model folder (a relative path without ..)"
+                    )));
+                }
+            }
         }
         if self.mask_token_id as usize >= self.vocab_size {
             return Err(bad(format!(

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 
 use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
+use crate::files::{self, IfMissing};
 use crate::kv_cache::KvCache;
 use crate::manifest::{IoNames, Manifest};
 use crate::mask;
@@ -205,28 +206,49 @@ fn special(v: Option<&serde_json::Value>) -> Option<String> {
 
 fn load_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let cfg_path = dir.join("tokenizer_config.json");
-    let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+    const CFG: &str = "tokenizer_config.json (the chat template and special tokens)";
+    let cfg: serde_json::Value = match files::read_text(&cfg_path, CFG, IfMissing::Skip)? {
+        Some(t) => serde_json::from_str(&t).map_err(|e| {
             Error::Tokenizer(format!("{}: not valid JSON: {e}", cfg_path.display()))
         })?,
-        Err(_) => serde_json::Value::Null,
+        None => serde_json::Value::Null,
     };
-    let source = match cfg.get("chat_template") {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Array(list)) => list
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    let (source, from) = match cfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => (Some(s.clone()), cfg_path),
+        Some(serde_json::Value::Array(list)) => (
+            list.iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            cfg_path,
+        ),
+        _ => {
+            let path = dir.join("chat_template.jinja");
+            (
+                files::read_text(&path, "chat_template.jinja", IfMissing::Skip)?,
+                path,
+            )
+        }
     };
     match source {
-        Some(src) => Ok(Some(ChatTemplate::new(
+        Some(src) => ChatTemplate::new(
             src,
             special(cfg.get("bos_token")).unwrap_or_default(),
             special(cfg.get("eos_token")).unwrap_or_default(),
-        )?)),
+        )
+        .map(Some)
+        .map_err(|e| Error::ModelFile {
+            path: from,
+            what: "chat template",
+            problem: format!("does not compile: {e}"),
+        }),
         None => Ok(None),
     }
+}
+
+/// The most intra-op threads a model may be loaded with: a few per core (more only adds
+/// contention, and ONNX Runtime allocates per thread).
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Model {
@@ -243,7 +265,7 @@ impl Model {
             });
         }
         let run = RunOptions::new()?;
-        let mut cache = self.new_cache();
+        let mut cache = self.new_cache()?;
         let mut buf = StepBuffers::default();
         let filler: Vec<u32> = (0..past.max(n))
             .map(|i| (3 + i % self.manifest.vocab_size.saturating_sub(3).max(1)) as u32)
@@ -334,21 +356,39 @@ impl Model {
                 ),
             });
         }
-        if opts.threads == Some(0) {
+        if let Some(t) = opts.threads {
+            if t == 0 || t > max_threads() {
+                return Err(Error::InvalidOption {
+                    option: "threads",
+                    value: t.to_string(),
+                    constraint: format!(
+                        "must be in [1, {}] (4 per core of this machine); leave it unset for ONNX Runtime's default",
+                        max_threads()
+                    ),
+                });
+            }
+        }
+        let kv_fits = m
+            .kv_bytes_per_token()
+            .checked_mul(max_context)
+            .is_some_and(|b| b <= isize::MAX as usize);
+        if !kv_fits {
             return Err(Error::InvalidOption {
-                option: "threads",
-                value: "0".into(),
-                constraint: "must be >= 1 (leave it unset for ONNX Runtime's default)".into(),
+                option: "max_context",
+                value: max_context.to_string(),
+                constraint:
+                    "the KV cache for that many positions cannot be addressed; lower max_context"
+                        .into(),
             });
         }
         let tok_path = dir.join(&m.files.tokenizer);
-        if !tok_path.is_file() {
-            return Err(Error::MissingFile {
-                path: tok_path,
-                what: "tokenizer",
-                hint: "the manifest's files.tokenizer must name a tokenizer.json in the folder",
-            });
-        }
+        files::check_regular(
+            &tok_path,
+            "tokenizer",
+            IfMissing::Fail(
+                "the manifest's files.tokenizer must name a tokenizer.json in the folder",
+            ),
+        )?;
         let tokenizer = Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
         let tv = tokenizer.get_vocab_size(true);
@@ -366,22 +406,17 @@ impl Model {
         }
         let template = load_template(&dir)?;
         let graph = dir.join(&m.files.model);
-        if !graph.is_file() {
-            return Err(Error::MissingFile {
-                path: graph,
-                what: "ONNX graph",
-                hint: "the manifest's files.model must name the model.onnx in the folder",
-            });
-        }
+        files::check_regular(
+            &graph,
+            "ONNX graph",
+            IfMissing::Fail("the manifest's files.model must name the model.onnx in the folder"),
+        )?;
         if let Some(w) = &m.files.weights {
-            let path = dir.join(w);
-            if !path.is_file() {
-                return Err(Error::MissingFile {
-                    path,
-                    what: "external weights of the ONNX graph",
-                    hint: "copy the whole model folder: files.weights names the file the graph's tensors are stored in",
-                });
-            }
+            files::check_regular(
+                &dir.join(w),
+                "external weights of the ONNX graph",
+                IfMissing::Fail("copy the whole model folder: files.weights names the file the graph's tensors are stored in"),
+            )?;
         }
         let (lib, env) = ort_env::runtime(opts.ort_library.as_deref())?;
         let providers = if opts.execution_providers.is_empty() {
@@ -396,6 +431,17 @@ impl Model {
         };
         let (session, used) =
             ort_env::build_session(env, &graph, opts.threads.unwrap_or(0), &providers, shapes)?;
+        let graph_inputs = session.inputs().len();
+        if 2 * m.num_layers > graph_inputs {
+            return Err(Error::Graph {
+                path: graph,
+                message: format!(
+                    "the manifest's num_layers {} needs {} past inputs but the graph has {graph_inputs} inputs in all",
+                    m.num_layers,
+                    2 * m.num_layers
+                ),
+            });
+        }
         let past_names: Vec<_> = (0..m.num_layers)
             .map(|l| {
                 (
@@ -413,7 +459,7 @@ impl Model {
             })
             .collect();
         check_graph(&session, &m, &graph, &past_names, &present_names)?;
-        Ok(Model {
+        let model = Model {
             folder: dir,
             tokenizer,
             template,
@@ -425,7 +471,35 @@ impl Model {
             ort_library: lib.clone(),
             cost_curve: OnceLock::new(),
             manifest: m,
-        })
+        };
+        model.check_last_position(&graph)?;
+        Ok(model)
+    }
+
+    /// One 1-token forward at the last position a session can reach (`max_context - 1`): a
+    /// graph whose position tables are shorter than the manifest's `max_positions` fails here,
+    /// at load, as a fault of the model folder, rather than in the middle of a long conversation.
+    fn check_last_position(&self, graph: &Path) -> Result<()> {
+        let m = &self.manifest;
+        let last = self.max_context - 1;
+        let mut cache =
+            KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, 1).ok_or_else(|| {
+                Error::Graph {
+                    path: graph.to_path_buf(),
+                    message: "one position of KV cache cannot be allocated".into(),
+                }
+            })?;
+        let mut buf = StepBuffers::default();
+        buf.keep_last(1);
+        let token = m.eos_token_ids[0];
+        self.forward_at(&mut cache, &[token], 1, &mut buf, &RunOptions::new()?, last)
+            .map_err(|e| Error::Graph {
+                path: graph.to_path_buf(),
+                message: format!(
+                    "a forward at position {last} (max_context - 1) fails, so the graph holds fewer positions than the manifest's max_positions {}: load with a smaller max_context or fix max_positions ({e})",
+                    m.max_positions
+                ),
+            })
     }
 
     /// KV cache positions per session.
@@ -438,10 +512,20 @@ impl Model {
         self.template.is_some()
     }
 
-    /// A new, empty KV cache sized to `max_context`.
-    pub fn new_cache(&self) -> KvCache {
+    /// A new, empty KV cache sized to `max_context`; an error, never an abort, when the memory
+    /// cannot be had.
+    pub fn new_cache(&self) -> Result<KvCache> {
         let m = &self.manifest;
-        KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, self.max_context)
+        KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, self.max_context).ok_or_else(|| {
+            Error::InvalidOption {
+                option: "max_context",
+                value: self.max_context.to_string(),
+                constraint: format!(
+                    "the KV cache ({} MiB) cannot be allocated; lower max_context",
+                    m.kv_bytes_per_token().saturating_mul(self.max_context) >> 20
+                ),
+            }
+        })
     }
 
     /// Facts about the model and its memory budget.
@@ -492,6 +576,20 @@ impl Model {
         buf: &mut StepBuffers,
         run: &RunOptions,
     ) -> Result<()> {
+        self.forward_at(cache, tokens, causal, buf, run, cache.len())
+    }
+
+    /// `forward` with the first token at position `first_pos` (`cache.len()` but in the
+    /// load-time check of the last position).
+    fn forward_at(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        causal: usize,
+        buf: &mut StepBuffers,
+        run: &RunOptions,
+        first_pos: usize,
+    ) -> Result<()> {
         let m = &self.manifest;
         let past = cache.len();
         let n = tokens.len();
@@ -500,7 +598,7 @@ impl Model {
         buf.ids.clear();
         buf.ids.extend(tokens.iter().map(|&t| i64::from(t)));
         buf.pos.clear();
-        buf.pos.extend((past..past + n).map(|p| p as i64));
+        buf.pos.extend((first_pos..first_pos + n).map(|p| p as i64));
         mask::fill(&mut buf.mask, past, causal, n - causal);
         let (kvh, hd) = (m.num_kv_heads, m.head_dim);
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =

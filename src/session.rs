@@ -109,7 +109,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A new conversation on `model`.
     pub fn new(model: Arc<Model>) -> Result<Session> {
-        let cache = model.new_cache();
+        let cache = model.new_cache()?;
         Ok(Session {
             model,
             cache,
@@ -285,7 +285,10 @@ impl Session {
             });
         }
         let needed = self.context.len() + prompt_ids.len();
-        if needed + opts.max_new_tokens > self.cache.capacity() {
+        if needed
+            .checked_add(opts.max_new_tokens)
+            .is_none_or(|total| total > self.cache.capacity())
+        {
             return Err(Error::ContextOverflow {
                 context_tokens: needed,
                 max_new_tokens: opts.max_new_tokens,
@@ -373,7 +376,7 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
         let model = Model::load(dir, &LoadOptions::default()).unwrap();
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache().unwrap();
         let mut buf = StepBuffers::default();
         let run = RunOptions::new().unwrap();
         run.terminate().unwrap();
@@ -417,7 +420,7 @@ mod prefill_tests {
         assert_eq!(out.stats.forward_passes, 2, "one chunk, then the rest");
         assert_eq!(s.cache().len(), n);
 
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache().unwrap();
         let mut buf = StepBuffers::default();
         buf.keep_last(n);
         let run = RunOptions::new().unwrap();

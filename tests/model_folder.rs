@@ -135,6 +135,63 @@ fn broken_manifests() {
             Box::new(|v| v["io"]["logits"] = "scores".into()),
             "\"scores\"",
         ),
+        // numbers that would size allocations: refused before anything is allocated
+        (
+            "layers 1e11",
+            Box::new(|v| v["num_layers"] = 100_000_000_000u64.into()),
+            "num_layers 100000000000 is beyond what this runtime accepts",
+        ),
+        (
+            "layers 1e18",
+            Box::new(|v| v["num_layers"] = 1_000_000_000_000_000_000u64.into()),
+            "num_layers 1000000000000000000 is beyond",
+        ),
+        (
+            "layers beyond the graph",
+            Box::new(|v| v["num_layers"] = 1000.into()),
+            "num_layers 1000 needs 2000 past inputs but the graph has 8 inputs",
+        ),
+        (
+            "positions 1e15",
+            Box::new(|v| v["max_positions"] = 1_000_000_000_000_000u64.into()),
+            "max_positions 1000000000000000 is beyond",
+        ),
+        (
+            "positions beyond the graph's rotary table",
+            Box::new(|v| v["max_positions"] = 100_000.into()),
+            "a forward at position 2047 (max_context - 1) fails",
+        ),
+        // type errors name the field
+        (
+            "string layers",
+            Box::new(|v| v["num_layers"] = "four".into()),
+            "field num_layers: invalid type: string \"four\"",
+        ),
+        (
+            "negative block",
+            Box::new(|v| v["block_sizes"]["min"] = (-2).into()),
+            "field block_sizes.min: invalid value: integer `-2`",
+        ),
+        (
+            "mask 2^32",
+            Box::new(|v| v["mask_token_id"] = (1u64 << 32).into()),
+            "field mask_token_id: invalid value: integer `4294967296`",
+        ),
+        (
+            "gamma",
+            Box::new(|v| v["gamma"]["low"] = (-1.0).into()),
+            "gamma.low -1 must be a finite number >= 0",
+        ),
+        (
+            "outside the folder",
+            Box::new(|v| v["files"]["model"] = "../model.onnx".into()),
+            "files.model \"../model.onnx\" must name a file inside the model folder",
+        ),
+        (
+            "absolute",
+            Box::new(|v| v["files"]["tokenizer"] = "/etc/passwd".into()),
+            "files.tokenizer \"/etc/passwd\" must name a file inside",
+        ),
     ];
     for (name, edit, needle) in cases {
         let (_t, dir) = copy_fixture();
@@ -142,6 +199,93 @@ fn broken_manifests() {
         let e = load_err(&dir);
         assert!(e.contains(needle), "{name}: {e}");
     }
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let (_t, dir) = copy_fixture();
+    let p = dir.join("setblock.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, format!("\u{feff}{text}")).unwrap();
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    Model::load(&dir, &opts).unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+/// Files that exist but cannot be used are named with what is wrong with them, never reported
+/// missing, never read when they are FIFOs (which would block the load for ever).
+#[test]
+fn unusable_files_say_what_is_wrong() {
+    type Make = fn(&Path);
+    let cases: [(&str, &str, Make); 6] = [
+        ("setblock.json", "is not a regular file (a FIFO", mkfifo),
+        (
+            "tokenizer_config.json",
+            "is not a regular file (a FIFO",
+            mkfifo,
+        ),
+        ("model.onnx", "is a directory, not a file", |p| {
+            std::fs::create_dir(p).unwrap()
+        }),
+        ("tokenizer_config.json", "is a directory, not a file", |p| {
+            std::fs::create_dir(p).unwrap()
+        }),
+        ("tokenizer.json", "is a symlink loop", |p| {
+            std::os::unix::fs::symlink(p, p).unwrap()
+        }),
+        (
+            "model.onnx.data",
+            "is a symlink to a file that does not exist",
+            |p| std::os::unix::fs::symlink(p.with_file_name("gone"), p).unwrap(),
+        ),
+    ];
+    for (file, needle, make) in cases {
+        let (_t, dir) = copy_fixture();
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        make(&path);
+        let e = load_err(&dir);
+        assert!(e.contains(file) && e.contains(needle), "{file}: {e}");
+        assert!(!e.contains("not found"), "{file}: {e}");
+    }
+}
+
+/// A chat template that does not compile is a fault of the model folder, found at load.
+#[test]
+fn a_template_that_does_not_compile_is_a_model_error() {
+    let (_t, dir) = copy_fixture();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"chat_template": "{% if messages %}never closed"}"#,
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    let e = Model::load(&dir, &opts).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ModelFile {
+                what: "chat template",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("does not compile"), "{e}");
 }
 
 #[test]
@@ -166,6 +310,19 @@ fn bad_options() {
         ..LoadOptions::default()
     };
     assert!(Model::load(common::fixture(), &opts).is_err());
+    for threads in [100_000, setblock::model::max_threads() + 1] {
+        let opts = LoadOptions {
+            threads: Some(threads),
+            ..LoadOptions::default()
+        };
+        let e = Model::load(common::fixture(), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("threads = {threads}")) && e.contains("4 per core"),
+            "{e}"
+        );
+    }
     let e = ExecutionProvider::parse("tpu").unwrap_err().to_string();
     assert!(e.contains("cpu, cuda"), "{e}");
 }

@@ -165,6 +165,11 @@ fn context_overflow_names_the_knobs() {
         msg.contains("max_context") && msg.contains("max_new_tokens"),
         "{msg}"
     );
+    // a max_new_tokens that would wrap the sum is an overflow too, not a panic
+    let err = s
+        .generate_tokens(&[5; 20], &sbd(4, 0.5, usize::MAX), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
     // nothing was consumed: a request that fits still works
     let out = s
         .generate_tokens(&[5; 20], &sbd(4, 0.5, 12), &mut |_| {})

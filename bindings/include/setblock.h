@@ -89,7 +89,7 @@ typedef struct sb_generate_options {
   uint32_t block_size;
   // One of `sb_selection`.
   int selection;
-  // Entropy budget; a negative value means the model's low gamma.
+  // Entropy budget; a negative value means the model's low gamma (NaN is an error).
   double gamma;
   // For SB_SELECT_THRESHOLD.
   double threshold;
@@ -109,7 +109,8 @@ typedef struct sb_generate_options {
   uint32_t max_new_tokens;
   // One stop string (NULL = none).
   const char *stop;
-  // 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one.
+  // 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one (other values
+  // are an error).
   int chat_template;
 } sb_generate_options;
 

@@ -14,4 +14,5 @@ out=bindings/python/gen
 rm -rf "$out" && mkdir -p "$out/setblock_ffi"
 target/debug/uniffi-bindgen generate --library "target/$profile/libsetblock_ffi.so" --language python --out-dir "$out" >/dev/null
 mv "$out/setblock_ffi.py" "$out/setblock_ffi/__init__.py"
+python3 bindings/python/patch_binding.py "$out/setblock_ffi/__init__.py"  # enum errors that name the enum; cancel generations at exit
 cp "target/$profile/libsetblock_ffi.so" "$out/setblock_ffi/"

@@ -107,3 +107,77 @@ def test_errors_carry_the_runtime_message(model) -> None:
         s.generate(PROMPT, config(block_size=99), None)
     with pytest.raises(sb.SetblockError.ContextOverflow, match="max_context"):
         s.generate(PROMPT, config(max_new_tokens=1000), None)
+
+
+def test_options_out_of_range_name_the_option() -> None:
+    with pytest.raises(sb.SetblockError.InvalidOption, match="threads = 100000"):
+        sb.SbModel.load(sb.LoadConfig(model_dir=FIXTURE, threads=100000))
+
+
+def test_a_string_for_an_enum_names_the_enum(model) -> None:
+    s = sb.SbSession(model)
+    with pytest.raises(TypeError, match=r"expected a DecodeMode \(DecodeMode.SBD, DecodeMode.NTP"):
+        s.generate(PROMPT, config(mode="sbd"), None)
+    with pytest.raises(TypeError, match=r"expected a SlotSelection \(SlotSelection.EB_ENTROPY\(...\)"):
+        s.generate(PROMPT, config(selection="eb"), None)
+    assert s.generate(PROMPT, config(), None).stats.generated_tokens == 24
+
+
+def test_a_listener_that_raises_cancels_and_its_error_reaches_the_caller(model, capfd) -> None:
+    class Raises(sb.GenerationListener):
+        def __init__(self) -> None:
+            self.blocks = 0
+
+        def on_event(self, event) -> None:
+            if isinstance(event, sb.GenerationEvent.BLOCK):
+                self.blocks += 1
+                if self.blocks == 2:
+                    raise ValueError("the app's own failure")
+
+    s = sb.SbSession(model)
+    listener = Raises()
+    with pytest.raises(sb.SetblockError.Listener, match="the app's own failure"):
+        s.generate(PROMPT, config(max_new_tokens=80), listener)
+    assert listener.blocks == 2, "no event after the one that raised"
+    err = capfd.readouterr().err
+    assert "panicked" not in err and "backtrace" not in err, err
+    s.reset()
+    assert s.generate(PROMPT, config(), None).stats.generated_tokens == 24
+
+
+EXIT_WHILE_GENERATING = """
+import sys, threading, time
+import setblock_ffi as sb
+model = sb.SbModel.load(sb.LoadConfig(model_dir=sys.argv[1], threads=1))
+session = sb.SbSession(model)
+started = threading.Event()
+
+class Slow(sb.GenerationListener):
+    def on_event(self, event):
+        started.set()
+        time.sleep(0.02)
+
+cfg = sb.GenerateConfig(mode=sb.DecodeMode.NTP, max_new_tokens=100, chat_template=False)
+threading.Thread(target=session.generate, args=("Question: a=1\\nAnswer:", cfg, Slow()), daemon=True).start()
+started.wait(10)
+print("exiting with a generation running", flush=True)
+"""
+
+
+def test_exit_while_a_daemon_thread_generates_is_clean() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(sb.__file__).resolve().parents[1]))
+    for _ in range(3):
+        r = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_GENERATING, FIXTURE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert r.returncode == 0, (r.returncode, r.stderr)
+        assert "exiting with a generation running" in r.stdout
+        assert "FATAL" not in r.stderr, r.stderr

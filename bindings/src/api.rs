@@ -2,8 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use setblock::{
     Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling, Selection,
@@ -38,6 +40,12 @@ pub enum SetblockError {
         /// What is wrong.
         message: String,
     },
+    /// The listener raised (threw): the generation was cancelled and this carries its error.
+    #[error("{message}")]
+    Listener {
+        /// The listener's error, as the foreign language described it.
+        message: String,
+    },
     /// The session is generating on another thread.
     #[error("{message}")]
     Busy {
@@ -52,6 +60,7 @@ impl From<setblock::Error> for SetblockError {
         let message = e.to_string();
         match e {
             E::MissingFile { .. }
+            | E::ModelFile { .. }
             | E::Manifest { .. }
             | E::UnsupportedFormat { .. }
             | E::Graph { .. }
@@ -321,11 +330,91 @@ pub struct GenerationResult {
     pub stats: GenerationStats,
 }
 
-/// Receives the stream (called on the generating thread).
+/// What a listener may raise (throw) to stop a generation; any other exception of the foreign
+/// language is carried the same way.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum ListenerError {
+    /// The listener failed.
+    #[error("{message}")]
+    Failed {
+        /// Its description.
+        message: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        ListenerError::Failed { message: e.reason }
+    }
+}
+
+/// Receives the stream (called on the generating thread). An exception it raises (throws)
+/// cancels the generation, which then fails with `SetblockError::Listener` carrying it.
 #[uniffi::export(with_foreign)]
 pub trait GenerationListener: Send + Sync {
     /// One event.
-    fn on_event(&self, event: GenerationEvent);
+    fn on_event(&self, event: GenerationEvent) -> Result<(), ListenerError>;
+}
+
+/// Generations running through the uniffi face, so that a host shutting down can cancel them
+/// (`shutdown_generations`) before its runtime stops their threads.
+static ACTIVE: Mutex<Vec<(u64, setblock::CancelHandle)>> = Mutex::new(Vec::new());
+static ACTIVE_DONE: Condvar = Condvar::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn active() -> std::sync::MutexGuard<'static, Vec<(u64, setblock::CancelHandle)>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registered for its lifetime in `ACTIVE`.
+struct Running(u64);
+
+impl Running {
+    fn start(cancel: &setblock::CancelHandle) -> Result<Running, SetblockError> {
+        let mut list = active();
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            return Err(SetblockError::Runtime {
+                message: "setblock is shutting down (shutdown_generations was called, e.g. by the Python interpreter's exit): no new generation starts".into(),
+            });
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        list.push((id, cancel.clone()));
+        Ok(Running(id))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        active().retain(|(id, _)| *id != self.0);
+        ACTIVE_DONE.notify_all();
+    }
+}
+
+/// Cancel every generation in progress and wait up to `timeout_ms` for them to end; later
+/// generations are refused. Returns how many were still running at the timeout (0: all ended).
+/// The Python package calls it at interpreter exit: a generation left running on a daemon
+/// thread would otherwise call its listener while the interpreter is being torn down.
+#[uniffi::export]
+pub fn shutdown_generations(timeout_ms: u32) -> u32 {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    let mut list = active();
+    for (_, c) in list.iter() {
+        c.cancel();
+    }
+    while !list.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        list = ACTIVE_DONE
+            .wait_timeout(list, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    u32::try_from(list.len()).unwrap_or(u32::MAX)
 }
 
 /// Facts about a loaded model.
@@ -483,11 +572,22 @@ impl SbSession {
         config: GenerateConfig,
         listener: Option<Arc<dyn GenerationListener>>,
     ) -> Result<GenerationResult, SetblockError> {
+        let _running = Running::start(&self.cancel)?;
+        let mut failure: Option<String> = None;
         let out = self.generate_with(&prompt, &config, &mut |e| {
-            if let Some(l) = &listener {
-                l.on_event(e.into());
+            if let (Some(l), None) = (&listener, &failure) {
+                if let Err(err) = l.on_event(e.into()) {
+                    failure = Some(format!(
+                        "the listener raised an error, so the generation was cancelled: {err}"
+                    ));
+                    self.cancel.cancel();
+                }
             }
-        })?;
+        });
+        if let Some(message) = failure {
+            return Err(SetblockError::Listener { message });
+        }
+        let out = out?;
         Ok(GenerationResult {
             text: out.text,
             tokens: out.tokens,

@@ -107,7 +107,7 @@ pub struct sb_generate_options {
     pub block_size: u32,
     /// One of `sb_selection`.
     pub selection: c_int,
-    /// Entropy budget; a negative value means the model's low gamma.
+    /// Entropy budget; a negative value means the model's low gamma (NaN is an error).
     pub gamma: f64,
     /// For SB_SELECT_THRESHOLD.
     pub threshold: f64,
@@ -127,7 +127,8 @@ pub struct sb_generate_options {
     pub max_new_tokens: u32,
     /// One stop string (NULL = none).
     pub stop: *const c_char,
-    /// 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one.
+    /// 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one (other values
+    /// are an error).
     pub chat_template: c_int,
 }
 
@@ -209,7 +210,7 @@ fn from_error(e: SetblockError) -> sb_status {
         SetblockError::InvalidModel { .. } => SB_ERR_MODEL,
         SetblockError::InvalidOption { .. } => SB_ERR_OPTION,
         SetblockError::ContextOverflow { .. } => SB_ERR_CONTEXT_OVERFLOW,
-        SetblockError::Runtime { .. } => SB_ERR_RUNTIME,
+        SetblockError::Runtime { .. } | SetblockError::Listener { .. } => SB_ERR_RUNTIME,
         SetblockError::Busy { .. } => SB_ERR_BUSY,
     };
     fail(status, &e.to_string())
@@ -546,7 +547,26 @@ fn config_of(
     stop: Option<String>,
     model_gamma_low: f64,
 ) -> Result<GenerateConfig, sb_status> {
+    if o.gamma.is_nan() {
+        return Err(fail(
+            SB_ERR_OPTION,
+            "options.gamma = NaN: must be a number >= 0, or negative for the model's low gamma",
+        ));
+    }
     let gamma = (o.gamma >= 0.0).then_some(o.gamma);
+    let chat_template = match o.chat_template {
+        -1 => None,
+        0 => Some(false),
+        1 => Some(true),
+        c => {
+            return Err(fail(
+                SB_ERR_OPTION,
+                &format!(
+                    "options.chat_template = {c}: must be 1 (apply the model's template), 0 (raw prompt) or -1 (when the model has one)"
+                ),
+            ))
+        }
+    };
     let mode = match o.mode {
         m if m == sb_mode::SB_MODE_SBD as c_int => DecodeMode::Sbd,
         m if m == sb_mode::SB_MODE_NTP as c_int => DecodeMode::Ntp,
@@ -600,11 +620,7 @@ fn config_of(
         seed: o.seed,
         max_new_tokens: o.max_new_tokens,
         stop: stop.into_iter().collect(),
-        chat_template: match o.chat_template {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        },
+        chat_template,
     })
 }
 

@@ -245,6 +245,37 @@ fn bad_strings_options_and_folders_are_errors_with_messages() {
         sb_status::SB_ERR_OPTION
     );
     assert!(last_error().contains("SB_SELECT_TOP_S"), "{}", last_error());
+    // NaN is not "negative = the model's default": it is refused, as the CLI and Python do
+    let mut g = sb_generate_options_default();
+    g.gamma = f64::NAN;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(
+        last_error().contains("options.gamma = NaN"),
+        "{}",
+        last_error()
+    );
+    let mut g = sb_generate_options_default();
+    g.chat_template = 7;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(
+        last_error().contains("options.chat_template = 7"),
+        "{}",
+        last_error()
+    );
+    let mut o = sb_load_options_default();
+    o.threads = 10_000;
+    let mut m2 = null_mut();
+    assert_eq!(
+        unsafe { sb_model_load(fixture().as_ptr(), &o, &mut m2) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("threads = 10000"), "{}", last_error());
     let mut g = sb_generate_options_default();
     g.mode = sb_mode::SB_MODE_AUTO as c_int;
     g.max_new_tokens = 8;
