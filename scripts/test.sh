@@ -23,6 +23,9 @@ echo "== cargo test"
 cargo test --workspace --all-targets --quiet 2>&1 | grep -vE "^\s*$|^running 0 tests|^test result: ok. 0 passed"
 cargo test --workspace --doc --quiet 2>&1 | tail -n 2
 
+echo "== soak, short form (examples/soak.rs: mixed modes, multi-turn, resets, a cancel storm; RSS flat)"
+target/debug/examples/soak --model models/demo --generations 300 --samples 10 --max-growth-mib 32 | tail -n 1
+
 echo "== C ABI example (gcc -Werror against bindings/include/setblock.h)"
 bindings/examples/c/run.sh tests/fixtures/tiny-llama "sort 3 1 2" > /dev/null
 

@@ -178,11 +178,16 @@ impl Manifest {
             ),
         )?
         .unwrap_or_default();
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Manifest {
-                path: path.clone(),
-                message: format!("not valid JSON: {e}"),
-            })?;
+        Manifest::parse(&text, &path)
+    }
+
+    /// Parse and validate a manifest's text (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let path = path.to_path_buf();
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            message: format!("not valid JSON: {e}"),
+        })?;
         if let Some(v) = value.get("format_version").and_then(|v| v.as_u64()) {
             if v != u64::from(FORMAT_VERSION) {
                 return Err(Error::UnsupportedFormat {

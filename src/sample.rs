@@ -232,7 +232,13 @@ impl Sampler {
         if c.top_k > 0 {
             self.order.truncate(c.top_k);
         }
-        let m = self.order[0].0;
+        // no finite logit but the mask's (a broken graph's NaN/inf row): the greedy rule's pick
+        let Some(&(m, top)) = self.order.first() else {
+            return argmax(&self.row, mask_id);
+        };
+        if !m.is_finite() {
+            return top; // a logit so large that dividing it by the temperature overflowed
+        }
         let mut z = 0.0f64;
         for e in self.order.iter_mut() {
             e.0 = (e.0 - m).exp();
@@ -265,6 +271,44 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzz/fuzz_targets/sampling.rs: a sampled draw from a row with no finite logit
+    /// but the mask's indexed an empty list (a panic, SB_ERR_PANIC through the C ABI). Such a
+    /// row (a broken graph's NaN/inf output) now gets the greedy rule's pick, and a logit that
+    /// overflows when divided by the temperature wins.
+    #[test]
+    fn rows_without_finite_logits_do_not_panic() {
+        let cfg = Sampling {
+            temperature: 0.7,
+            top_k: 3,
+            top_p: 0.9,
+            ..Sampling::default()
+        };
+        let rows: [&[f32]; 4] = [
+            &[f32::NAN, f32::NAN, f32::NAN],
+            &[f32::INFINITY, f32::NEG_INFINITY, f32::NAN],
+            &[1.0, f32::NAN, f32::NEG_INFINITY],
+            &[3.0e38, 1.0, 2.0],
+        ];
+        for row in rows {
+            let v = Sampler::new(Sampling {
+                temperature: 1e-3,
+                ..cfg
+            })
+            .choose(row, 1, &[]);
+            assert!((v as usize) < row.len() && v != 1, "{row:?} -> {v}");
+            let v = Sampler::new(cfg).choose(row, 1, &[]);
+            assert!((v as usize) < row.len() && v != 1, "{row:?} -> {v}");
+        }
+        assert_eq!(
+            Sampler::new(Sampling {
+                temperature: 1e-3,
+                ..cfg
+            })
+            .choose(&[3.0e38, 0.0, 2.0], 1, &[]),
+            0
+        );
+    }
 
     /// The vectorised entropy equals the plain float64 formula -sum p ln p to 1e-5 nats, on
     /// rows from peaked to flat, with the skipped entry anywhere.

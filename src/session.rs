@@ -187,6 +187,14 @@ impl Session {
                 constraint: "must be >= 1".into(),
             });
         }
+        if opts.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidOption {
+                option: "stop",
+                value: "\"\"".into(),
+                constraint: "a stop string must not be empty (it would match before any text)"
+                    .into(),
+            });
+        }
         let sel = opts
             .selection
             .unwrap_or(Selection::EbEntropy { gamma: m.gamma.low });

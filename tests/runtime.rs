@@ -236,6 +236,13 @@ fn out_of_range_options_are_rejected_by_name() {
             },
             "temperature",
         ),
+        (
+            GenerateOptions {
+                stop: vec!["\n".into(), String::new()],
+                ..Default::default()
+            },
+            "stop",
+        ),
     ];
     for (opts, name) in cases {
         match s.generate_tokens(&prompt(), &opts, &mut |_| {}) {
@@ -331,6 +338,43 @@ fn cancel_at_any_moment_leaves_a_consistent_session() {
             .unwrap();
         assert_eq!(next.tokens.len(), 4);
     }
+}
+
+/// A storm of cancels from other threads at random moments (before the start, in prefill, in
+/// a forward, after the end): every generation ends, and the session then answers exactly as a
+/// fresh one does.
+#[test]
+fn a_cancel_storm_leaves_every_generation_ended_and_the_session_exact() {
+    let model = common::model();
+    let expected = Session::new(model.clone())
+        .unwrap()
+        .generate_tokens(&prompt(), &sbd(4, 0.5, 16), &mut |_| {})
+        .unwrap()
+        .tokens;
+    let mut s = Session::new(model).unwrap();
+    let handle = s.cancel_handle();
+    let mut cancelled = 0;
+    for i in 0..200u64 {
+        s.reset();
+        let h = handle.clone();
+        // a spread of delays from 0 to ~3 ms, in a fixed pseudo-random order
+        let delay = std::time::Duration::from_micros((i * 7919) % 3000);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            h.cancel();
+        });
+        let out = s
+            .generate_tokens(&prompt(), &sbd(4, 0.5, 60), &mut |_| {})
+            .unwrap();
+        t.join().unwrap();
+        cancelled += usize::from(out.stats.stop_reason == StopReason::Cancelled);
+    }
+    assert!(cancelled > 0, "no cancel landed in 200 tries");
+    s.reset();
+    let again = s
+        .generate_tokens(&prompt(), &sbd(4, 0.5, 16), &mut |_| {})
+        .unwrap();
+    assert_eq!(again.tokens, expected);
 }
 
 #[test]
