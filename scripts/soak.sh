@@ -22,5 +22,6 @@ trap 'rm -rf "$out"' EXIT
 cc -std=c11 -g -Wall -Wextra -Werror -pthread -I bindings/include bindings/examples/c/stream.c \
   -L target/debug -lsetblock_ffi -Wl,-rpath,"$root/target/debug" -o "$out/stream"
 valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=9 \
+  --suppressions=scripts/valgrind-ort.supp \
   --log-file="$out/valgrind.log" "$out/stream" tests/fixtures/tiny-llama "sort 3 1 2" > /dev/null
 grep -E "definitely lost|indirectly lost|ERROR SUMMARY" "$out/valgrind.log" | sed 's/^==[0-9]*== */valgrind: /'

@@ -181,3 +181,40 @@ def test_exit_while_a_daemon_thread_generates_is_clean() -> None:
         assert r.returncode == 0, (r.returncode, r.stderr)
         assert "exiting with a generation running" in r.stdout
         assert "FATAL" not in r.stderr, r.stderr
+
+
+def test_sessions_on_four_threads_equal_one_alone(model) -> None:
+    prompts = [PROMPT, "Question: a=1\nAnswer:", "Question: sort 3 1 2\nAnswer:", "x"]
+    alone = [sb.SbSession(model).generate(p, config(), None).tokens for p in prompts]
+    got: dict[int, list] = {}
+
+    def run(i: int) -> None:
+        got[i] = [sb.SbSession(model).generate(prompts[i], config(), None).tokens for _ in range(3)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(alone):
+        assert got[i] == [want] * 3
+
+
+def test_one_session_from_two_threads_is_busy_not_undefined(model) -> None:
+    s = sb.SbSession(model)
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(c: Collect) -> None:
+        started.set()
+        release.wait(10)
+
+    t = threading.Thread(target=s.generate, args=(PROMPT, config(), Collect(slow)))
+    t.start()
+    assert started.wait(10)
+    with pytest.raises(sb.SetblockError.Busy):
+        s.generate(PROMPT, config(), None)
+    release.set()
+    t.join()
+    s.reset()
+    assert s.generate(PROMPT, config(), None).stats.generated_tokens == 24

@@ -357,3 +357,66 @@ fn cancel_from_another_thread() {
     sb_session_free(s);
     sb_model_free(m);
 }
+
+/// Four sessions over one model, each on its own thread, answer exactly what one session answers
+/// alone; freeing the model while they run is safe (sessions keep it alive).
+#[test]
+fn sessions_on_four_threads_equal_one_alone() {
+    let m = load();
+    let generate = |m: usize, prompt: &str| -> String {
+        let mut s = null_mut();
+        assert_eq!(
+            unsafe { sb_session_new(m as *mut sb_model, &mut s) },
+            sb_status::SB_OK
+        );
+        let p = CString::new(prompt).unwrap();
+        let mut g = sb_generate_options_default();
+        g.max_new_tokens = 24;
+        g.chat_template = 0;
+        let mut text = null_mut();
+        assert_eq!(
+            unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), &mut text) },
+            sb_status::SB_OK,
+            "{}",
+            last_error()
+        );
+        let out = unsafe { CStr::from_ptr(text) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        unsafe { sb_string_free(text) };
+        assert_eq!(sb_session_free(s), sb_status::SB_OK);
+        out
+    };
+    let prompts = ["sort 3 1 2", "a=1; b=2", "sort 9 8 7 6", "x"];
+    let alone: Vec<String> = prompts.iter().map(|p| generate(m as usize, p)).collect();
+    let handle = m as usize;
+    let threads: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let p = p.to_string();
+            std::thread::spawn(move || (0..3).map(|_| generate(handle, &p)).collect::<Vec<_>>())
+        })
+        .collect();
+    for (t, want) in threads.into_iter().zip(&alone) {
+        for got in t.join().unwrap() {
+            assert_eq!(&got, want);
+        }
+    }
+    // a session made before the model is freed keeps it alive
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    assert_eq!(sb_model_free(m), sb_status::SB_OK);
+    let p = CString::new("sort 3 1 2").unwrap();
+    let mut g = sb_generate_options_default();
+    g.max_new_tokens = 24;
+    g.chat_template = 0;
+    let mut text = null_mut();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), &mut text) },
+        sb_status::SB_OK
+    );
+    assert_eq!(unsafe { CStr::from_ptr(text) }.to_str().unwrap(), alone[0]);
+    unsafe { sb_string_free(text) };
+    assert_eq!(sb_session_free(s), sb_status::SB_OK);
+}
