@@ -10,6 +10,7 @@ use std::time::Instant;
 use ort::session::RunOptions;
 
 use crate::error::{Error, Result};
+use crate::grammar::Grammar;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
 use crate::policy::{AutoPolicy, Step};
@@ -42,6 +43,10 @@ pub(crate) struct Decoder<'a> {
     pub detok: Detokenizer,
     pub run: &'a RunOptions,
     pub cancelled: &'a AtomicBool,
+    /// The structured-output constraint of this generation, if any.
+    pub grammar: Option<Grammar>,
+    /// Scratch: a logits row with the grammar's disallowed tokens at -inf.
+    pub masked: Vec<f32>,
 }
 
 /// Output of a loop: the generated tokens (also appended to `context`) and the stats.
@@ -237,6 +242,8 @@ impl Decoder<'_> {
             total_ms: total,
             onnx_runtime_ms: (self.buf.run_seconds - clock.run_seconds0) * 1e3,
             stop_reason: reason,
+            grammar_ms: self.grammar.as_ref().map_or(0.0, |g| g.seconds * 1e3),
+            forced_tokens: self.grammar.as_ref().map_or(0, |g| g.forced),
         };
         on(&Event::Finished(stats.clone()));
         Decoded { tokens: out, stats }
@@ -299,8 +306,102 @@ impl Decoder<'_> {
             return Ok(Some(StopReason::Cancelled));
         }
         let mask_id = self.model.manifest.mask_token_id;
-        let t = [self.sampler.choose(&self.buf.logits, mask_id, self.context)];
-        Ok(self.emit(&t, 1, out, clock, on))
+        let t = match self.grammar.as_mut() {
+            None => self.sampler.choose(&self.buf.logits, mask_id, self.context),
+            Some(g) => {
+                g.masked_row(&self.buf.logits, &mut self.masked)?;
+                let t = self.sampler.choose(&self.masked, mask_id, self.context);
+                g.accept(t)?;
+                t
+            }
+        };
+        let stop = self.emit(&[t], 1, out, clock, on);
+        Ok(stop.or_else(|| self.grammar_done().then_some(StopReason::Grammar)))
+    }
+
+    fn grammar_done(&self) -> bool {
+        self.grammar.as_ref().is_some_and(Grammar::is_done)
+    }
+
+    /// Structured output inside a block (docs/structured-output.md): walk the slots from
+    /// `valid` (the first slot not yet committed to the grammar) while they can be committed.
+    /// A revealed slot the grammar allows is committed; one it refuses is sampled again under
+    /// the exact mask when this forward computed its logits (`rows[slot]`), else masked again.
+    /// The leftmost slot that was masked in this forward is revealed under the exact mask
+    /// whether or not the selection rule chose it (its logits are conditioned on clean tokens
+    /// only). Before a forward (`rows` empty), the tokens the grammar forces fill the masked
+    /// slots at `valid`. When the grammar is complete, the block ends at `valid`. Returns the
+    /// new `valid`.
+    fn grammar_walk(
+        &mut self,
+        block: &mut [u32],
+        revealed: &mut [bool],
+        mut valid: usize,
+        end: &mut usize,
+        rows: &[Option<usize>],
+    ) -> Result<usize> {
+        let Decoder {
+            grammar,
+            buf,
+            sampler,
+            masked,
+            context,
+            model,
+            ..
+        } = self;
+        let Some(g) = grammar.as_mut() else {
+            return Ok(valid);
+        };
+        let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
+        let mut leftmost_seen = false;
+        while valid < *end {
+            if g.is_done() {
+                *end = valid;
+                break;
+            }
+            let s = valid;
+            let row = rows.get(s).copied().flatten();
+            let first = row.is_some() && !leftmost_seen;
+            leftmost_seen |= row.is_some();
+            if revealed[s] && g.try_accept(block[s])? {
+                valid += 1;
+                continue;
+            }
+            match row {
+                // refused, or the leftmost masked slot: sample it under the exact mask
+                Some(r) if revealed[s] || first => {
+                    g.masked_row(&buf.logits[r * vocab..(r + 1) * vocab], masked)?;
+                    block[s] = sampler.choose(masked, mask_id, context);
+                    revealed[s] = true;
+                    g.accept(block[s])?;
+                    valid += 1;
+                }
+                _ if revealed[s] => {
+                    // refused, and no logits of it in this forward: masked again
+                    block[s] = mask_id;
+                    revealed[s] = false;
+                    break;
+                }
+                Some(_) => break, // a later masked slot: the next forward's
+                None => {
+                    let forced = g.forced_tokens();
+                    if forced.is_empty() {
+                        break;
+                    }
+                    for t in forced {
+                        if valid >= *end || revealed[valid] {
+                            break;
+                        }
+                        block[valid] = t;
+                        revealed[valid] = true;
+                        g.accept(t)?;
+                        g.forced += 1;
+                        valid += 1;
+                    }
+                }
+            }
+        }
+        Ok(valid)
     }
 
     /// SBD: blocks of `k` slots, revealed by `rule`; with a policy, each block's size (or an NTP
@@ -324,6 +425,7 @@ impl Decoder<'_> {
         let mut out = Vec::with_capacity(max_new);
         let mut block: Vec<u32> = Vec::with_capacity(k);
         let mut revealed: Vec<bool> = Vec::with_capacity(k);
+        let mut rows: Vec<Option<usize>> = Vec::with_capacity(k);
         while out.len() < max_new {
             let k = match policy.as_mut().map(AutoPolicy::choose) {
                 Some(Step::Ntp) => {
@@ -342,7 +444,10 @@ impl Decoder<'_> {
             revealed.resize(kk, false);
             let mut end = kk;
             let mut forwards = 0;
+            let mut valid = 0; // slots committed to the grammar (structured output)
+            rows.clear();
             loop {
+                valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[])?;
                 if !revealed[..end].contains(&false) {
                     break;
                 }
@@ -380,6 +485,14 @@ impl Decoder<'_> {
                     );
                     revealed[slot] = true;
                 }
+                if self.grammar.is_some() {
+                    rows.clear();
+                    rows.resize(end, None);
+                    for sc in self.scores.iter() {
+                        rows[sc.slot] = Some(sc.row);
+                    }
+                    valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &rows)?;
+                }
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }
@@ -390,6 +503,9 @@ impl Decoder<'_> {
             clock.blocks += 1;
             if let Some(reason) = self.emit(&block[..end], forwards, &mut out, &mut clock, on) {
                 return Ok(self.finish(out, reason, clock, on));
+            }
+            if self.grammar_done() {
+                return Ok(self.finish(out, StopReason::Grammar, clock, on));
             }
         }
         Ok(self.finish(out, StopReason::MaxTokens, clock, on))

@@ -92,6 +92,15 @@ pub enum Error {
         /// The model's own limit.
         model_limit: usize,
     },
+    /// A structured-output constraint (JSON schema, regex, Lark grammar) is invalid, or the
+    /// model's vocabulary cannot produce what it requires.
+    #[error("constraint ({kind}): {message}")]
+    Constraint {
+        /// JSON schema, regex or Lark grammar.
+        kind: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The chat template failed to render.
     #[error("chat template: {0}")]
     Template(String),

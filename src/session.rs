@@ -8,6 +8,7 @@ use ort::session::RunOptions;
 use crate::chat::Message;
 use crate::decode::{Decoder, Mode};
 use crate::error::{Error, Result};
+use crate::grammar::Grammar;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
 use crate::policy::AutoPolicy;
@@ -34,6 +35,9 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Render the model's chat template around the prompt (default: when the model has one).
     pub chat_template: Option<bool>,
+    /// Structured output: the output must match this JSON schema, regex or Lark grammar
+    /// (docs/structured-output.md). Compiled before any forward; an invalid one is an error.
+    pub constraint: Option<crate::grammar::Constraint>,
 }
 
 impl Default for GenerateOptions {
@@ -46,6 +50,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 256,
             stop: Vec::new(),
             chat_template: None,
+            constraint: None,
         }
     }
 }
@@ -304,6 +309,10 @@ impl Session {
                 model_limit: m.max_positions,
             });
         }
+        let grammar = match &opts.constraint {
+            Some(c) => Some(Grammar::new(&*self.model.grammar_engine()?, c)?),
+            None => None,
+        };
         self.context.extend_from_slice(prompt_ids);
         self.flag.store(false, Ordering::SeqCst);
         let _ = self.run.unterminate();
@@ -319,6 +328,8 @@ impl Session {
             detok: Detokenizer::new(opts.stop.clone()),
             run: &self.run,
             cancelled: &self.flag,
+            grammar,
+            masked: Vec::new(),
         };
         let result = match (opts.mode, k) {
             (Mode::Ntp, _) | (Mode::Sbd | Mode::Auto, 1) => dec.ntp(opts.max_new_tokens, on_event),

@@ -16,6 +16,8 @@ pub enum StopReason {
     StopString,
     /// The cancel handle was used.
     Cancelled,
+    /// The structured-output constraint is complete: no further token can extend it.
+    Grammar,
 }
 
 /// Measurements of one generation.
@@ -48,6 +50,10 @@ pub struct Stats {
     pub onnx_runtime_ms: f64,
     /// Why it ended.
     pub stop_reason: StopReason,
+    /// Time spent by the structured-output constraint (token masks and checks; 0 without one).
+    pub grammar_ms: f64,
+    /// Tokens the constraint forced into block slots without a forward (SBD with a constraint).
+    pub forced_tokens: usize,
 }
 
 /// One event of a generation's stream.

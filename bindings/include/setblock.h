@@ -112,6 +112,13 @@ typedef struct sb_generate_options {
   // 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one (other values
   // are an error).
   int chat_template;
+  // Structured output: a JSON schema (its JSON text) the reply must be valid against (NULL =
+  // none). At most one of json_schema, regex and grammar.
+  const char *json_schema;
+  // Structured output: a regular expression the whole reply matches (NULL = none).
+  const char *regex;
+  // Structured output: a Lark grammar, llguidance's syntax (NULL = none).
+  const char *grammar;
 } sb_generate_options;
 
 // Opaque model handle.
@@ -144,8 +151,12 @@ typedef struct sb_stats {
   double total_ms;
   // Time inside ONNX Runtime.
   double onnx_runtime_ms;
-  // 0 eos, 1 max tokens, 2 stop string, 3 cancelled.
+  // 0 eos, 1 max tokens, 2 stop string, 3 cancelled, 4 the constraint is complete.
   int stop_reason;
+  // Time spent by the structured-output constraint.
+  double grammar_ms;
+  // Tokens the constraint forced into block slots without a forward.
+  uint32_t forced_tokens;
 } sb_stats;
 
 // One streamed event; pointers are valid only during the callback.

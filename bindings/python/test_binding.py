@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 
@@ -218,3 +219,16 @@ def test_one_session_from_two_threads_is_busy_not_undefined(model) -> None:
     t.join()
     s.reset()
     assert s.generate(PROMPT, config(), None).stats.generated_tokens == 24
+
+
+def test_structured_output_holds_and_bad_constraints_are_errors(model) -> None:
+    s = sb.SbSession(model)
+    for mode in (sb.DecodeMode.NTP, sb.DecodeMode.SBD):
+        r = s.generate(
+            PROMPT, config(mode=mode, constraint=sb.OutputConstraint.REGEX(pattern="a=[0-9]{1,2}; b=[0-9]")), None
+        )
+        assert re.fullmatch("a=[0-9]{1,2}; b=[0-9]", r.text), r.text
+        assert r.stats.stop_reason == "grammar"
+        s.reset()
+    with pytest.raises(sb.SetblockError.InvalidOption, match="regex"):
+        s.generate(PROMPT, config(constraint=sb.OutputConstraint.REGEX(pattern="(unclosed")), None)

@@ -8,8 +8,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use setblock::{
-    Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling, Selection,
-    Session,
+    Constraint, Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling,
+    Selection, Session,
 };
 
 /// Every error, with the runtime's message (it names the constraint and the option to change).
@@ -65,7 +65,7 @@ impl From<setblock::Error> for SetblockError {
             | E::UnsupportedFormat { .. }
             | E::Graph { .. }
             | E::Tokenizer(_) => SetblockError::InvalidModel { message },
-            E::InvalidOption { .. } | E::Template(_) | E::InvalidUtf8(_) => {
+            E::InvalidOption { .. } | E::Template(_) | E::InvalidUtf8(_) | E::Constraint { .. } => {
                 SetblockError::InvalidOption { message }
             }
             E::ContextOverflow { .. } => SetblockError::ContextOverflow { message },
@@ -168,6 +168,29 @@ pub struct GenerateConfig {
     /// Apply the chat template (default: when the model has one).
     #[uniffi(default = None)]
     pub chat_template: Option<bool>,
+    /// Structured output (default: none).
+    #[uniffi(default = None)]
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// What the output must match (structured output).
+#[derive(Debug, Clone, uniffi::Enum)]
+pub enum OutputConstraint {
+    /// One JSON value valid against this JSON schema (its JSON text).
+    JsonSchema {
+        /// The schema.
+        schema: String,
+    },
+    /// A regular expression the whole output matches.
+    Regex {
+        /// The expression.
+        pattern: String,
+    },
+    /// A Lark grammar (llguidance's syntax).
+    Lark {
+        /// The grammar.
+        grammar: String,
+    },
 }
 
 impl Default for GenerateConfig {
@@ -184,6 +207,7 @@ impl Default for GenerateConfig {
             max_new_tokens: 256,
             stop: Vec::new(),
             chat_template: None,
+            constraint: None,
         }
     }
 }
@@ -213,6 +237,11 @@ impl From<&GenerateConfig> for GenerateOptions {
             max_new_tokens: c.max_new_tokens as usize,
             stop: c.stop.clone(),
             chat_template: c.chat_template,
+            constraint: c.constraint.clone().map(|k| match k {
+                OutputConstraint::JsonSchema { schema } => Constraint::JsonSchema(schema),
+                OutputConstraint::Regex { pattern } => Constraint::Regex(pattern),
+                OutputConstraint::Lark { grammar } => Constraint::Lark(grammar),
+            }),
         }
     }
 }
@@ -238,8 +267,12 @@ pub struct GenerationStats {
     pub total_ms: f64,
     /// Time inside ONNX Runtime.
     pub onnx_runtime_ms: f64,
-    /// "eos", "max_tokens", "stop_string" or "cancelled".
+    /// "eos", "max_tokens", "stop_string", "cancelled" or "grammar" (the constraint is complete).
     pub stop_reason: String,
+    /// Time spent by the structured-output constraint.
+    pub grammar_ms: f64,
+    /// Tokens the constraint forced into block slots without a forward.
+    pub forced_tokens: u32,
 }
 
 impl From<&setblock::Stats> for GenerationStats {
@@ -255,6 +288,8 @@ impl From<&setblock::Stats> for GenerationStats {
             total_ms: s.total_ms,
             onnx_runtime_ms: s.onnx_runtime_ms,
             stop_reason: stop_reason_name(s.stop_reason).into(),
+            grammar_ms: s.grammar_ms,
+            forced_tokens: s.forced_tokens as u32,
         }
     }
 }
@@ -266,6 +301,7 @@ pub fn stop_reason_name(r: setblock::StopReason) -> &'static str {
         setblock::StopReason::MaxTokens => "max_tokens",
         setblock::StopReason::StopString => "stop_string",
         setblock::StopReason::Cancelled => "cancelled",
+        setblock::StopReason::Grammar => "grammar",
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use setblock::Event;
 
 use crate::api::{
-    self, DecodeMode, GenerateConfig, SbModel, SbSession, SetblockError, SlotSelection,
+    self, DecodeMode, GenerateConfig, OutputConstraint, SbModel, SbSession, SetblockError,
+    SlotSelection,
 };
 
 /// Status codes of every fallible call.
@@ -130,6 +131,13 @@ pub struct sb_generate_options {
     /// 1 = apply the chat template, 0 = raw prompt, -1 = when the model has one (other values
     /// are an error).
     pub chat_template: c_int,
+    /// Structured output: a JSON schema (its JSON text) the reply must be valid against (NULL =
+    /// none). At most one of json_schema, regex and grammar.
+    pub json_schema: *const c_char,
+    /// Structured output: a regular expression the whole reply matches (NULL = none).
+    pub regex: *const c_char,
+    /// Structured output: a Lark grammar, llguidance's syntax (NULL = none).
+    pub grammar: *const c_char,
 }
 
 /// Kind of a streamed event.
@@ -166,8 +174,12 @@ pub struct sb_stats {
     pub total_ms: f64,
     /// Time inside ONNX Runtime.
     pub onnx_runtime_ms: f64,
-    /// 0 eos, 1 max tokens, 2 stop string, 3 cancelled.
+    /// 0 eos, 1 max tokens, 2 stop string, 3 cancelled, 4 the constraint is complete.
     pub stop_reason: c_int,
+    /// Time spent by the structured-output constraint.
+    pub grammar_ms: f64,
+    /// Tokens the constraint forced into block slots without a forward.
+    pub forced_tokens: u32,
 }
 
 /// One streamed event; pointers are valid only during the callback.
@@ -329,6 +341,9 @@ pub extern "C" fn sb_generate_options_default() -> sb_generate_options {
         max_new_tokens: 256,
         stop: std::ptr::null(),
         chat_template: -1,
+        json_schema: std::ptr::null(),
+        regex: std::ptr::null(),
+        grammar: std::ptr::null(),
     }
 }
 
@@ -538,7 +553,10 @@ fn stats_of(s: &setblock::Stats) -> sb_stats {
             setblock::StopReason::MaxTokens => 1,
             setblock::StopReason::StopString => 2,
             setblock::StopReason::Cancelled => 3,
+            setblock::StopReason::Grammar => 4,
         },
+        grammar_ms: s.grammar_ms,
+        forced_tokens: s.forced_tokens as u32,
     }
 }
 
@@ -621,6 +639,7 @@ fn config_of(
         max_new_tokens: o.max_new_tokens,
         stop: stop.into_iter().collect(),
         chat_template,
+        constraint: None,
     })
 }
 
@@ -653,7 +672,23 @@ pub unsafe extern "C" fn sb_generate(
             unsafe { *options }
         };
         let stop = tri!(unsafe { opt_str(o.stop, "stop") });
-        let config = tri!(config_of(&o, stop, s.gamma_low()));
+        let mut config = tri!(config_of(&o, stop, s.gamma_low()));
+        let constraints = [
+            tri!(unsafe { opt_str(o.json_schema, "json_schema") })
+                .map(|schema| OutputConstraint::JsonSchema { schema }),
+            tri!(unsafe { opt_str(o.regex, "regex") })
+                .map(|pattern| OutputConstraint::Regex { pattern }),
+            tri!(unsafe { opt_str(o.grammar, "grammar") })
+                .map(|grammar| OutputConstraint::Lark { grammar }),
+        ];
+        let mut given = constraints.into_iter().flatten();
+        config.constraint = given.next();
+        if given.next().is_some() {
+            return fail(
+                SB_ERR_OPTION,
+                "options: set at most one of json_schema, regex and grammar",
+            );
+        }
         let cancel = s.cancel_handle().clone();
         let mut text_buf = CString::default();
         let result = s.generate_with(&prompt, &config, &mut |e: &Event| {

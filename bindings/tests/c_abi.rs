@@ -420,3 +420,67 @@ fn sessions_on_four_threads_equal_one_alone() {
     unsafe { sb_string_free(text) };
     assert_eq!(sb_session_free(s), sb_status::SB_OK);
 }
+
+/// Structured output through the C ABI: a regex holds and ends the output (stop reason 4); two
+/// constraints at once, an invalid one, or one that is not UTF-8 are option errors.
+#[test]
+fn structured_output_through_the_c_abi() {
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    let p = CString::new("sort 3 1 2").unwrap();
+    let rx = CString::new("x=[0-9]; y=[0-9]").unwrap();
+    let mut g = sb_generate_options_default();
+    g.regex = rx.as_ptr();
+    g.chat_template = 0;
+    g.max_new_tokens = 40;
+    let mut stats = sb_stats::default();
+    let mut text = null_mut();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), &mut stats, &mut text) },
+        sb_status::SB_OK,
+        "{}",
+        last_error()
+    );
+    let out = unsafe { CStr::from_ptr(text) }
+        .to_str()
+        .unwrap()
+        .to_string();
+    unsafe { sb_string_free(text) };
+    let b = out.as_bytes();
+    assert!(
+        out.len() == 8
+            && out.starts_with("x=")
+            && b[2].is_ascii_digit()
+            && &out[3..7] == "; y="
+            && b[7].is_ascii_digit(),
+        "{out:?}"
+    );
+    assert_eq!(stats.stop_reason, 4);
+    let schema = CString::new("{\"type\": \"integer\"}").unwrap();
+    let mut g2 = g;
+    g2.json_schema = schema.as_ptr();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g2, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("at most one"), "{}", last_error());
+    let bad = CString::new("(unclosed").unwrap();
+    let mut g3 = g;
+    g3.regex = bad.as_ptr();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g3, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_OPTION
+    );
+    assert!(last_error().contains("regex"), "{}", last_error());
+    let invalid = [b'(', 0xff, 0];
+    let mut g4 = g;
+    g4.regex = std::ptr::null();
+    g4.grammar = invalid.as_ptr() as *const c_char;
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), &g4, None, null_mut(), null_mut(), null_mut()) },
+        sb_status::SB_ERR_UTF8
+    );
+    sb_session_free(s);
+    sb_model_free(m);
+}

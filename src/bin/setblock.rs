@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use setblock::{
-    Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling, Selection,
-    Session,
+    Constraint, Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling,
+    Selection, Session,
 };
 
 #[derive(Parser)]
@@ -174,6 +174,30 @@ struct DecodeArgs {
     /// Do not apply the model's chat template.
     #[arg(long)]
     raw: bool,
+    /// Structured output: the reply is one JSON value valid against the JSON schema in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "grammar"])]
+    json_schema: Option<PathBuf>,
+    /// Structured output: the whole reply matches this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with = "grammar")]
+    regex: Option<String>,
+    /// Structured output: the reply follows the Lark grammar in FILE (llguidance's syntax).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+/// The structured-output constraint of the decode options, reading its file.
+fn constraint(d: &DecodeArgs) -> anyhow::Result<Option<Constraint>> {
+    let read = |flag: &str, p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("{flag} {}: cannot read it", p.display()))
+    };
+    Ok(if let Some(p) = &d.json_schema {
+        Some(Constraint::JsonSchema(read("--json-schema", p)?))
+    } else if let Some(p) = &d.grammar {
+        Some(Constraint::Lark(read("--grammar", p)?))
+    } else {
+        d.regex.clone().map(Constraint::Regex)
+    })
 }
 
 #[derive(Args)]
@@ -275,9 +299,10 @@ fn load(a: &ModelArgs) -> anyhow::Result<Arc<Model>> {
     Ok(Arc::new(model?))
 }
 
-fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> GenerateOptions {
+fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> anyhow::Result<GenerateOptions> {
     let gamma = gamma.or(d.gamma).unwrap_or(model.manifest.gamma.low);
-    GenerateOptions {
+    Ok(GenerateOptions {
+        constraint: constraint(d)?,
         mode: match d.mode {
             ModeArg::Sbd => Mode::Sbd,
             ModeArg::Ntp => Mode::Ntp,
@@ -300,7 +325,7 @@ fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> GenerateOptions
         max_new_tokens: d.max_new_tokens,
         stop: d.stop.clone(),
         chat_template: if d.raw { Some(false) } else { None },
-    }
+    })
 }
 
 fn stream_to_stdout(e: &Event) {
@@ -312,7 +337,7 @@ fn stream_to_stdout(e: &Event) {
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let model = load(&a.model)?;
-    let opts = options(&a.decode, &model, None);
+    let opts = options(&a.decode, &model, None)?;
     let mut session = Session::new(model)?;
     let (block_size, selection) = session.resolve(&opts)?;
     if a.json {
@@ -332,6 +357,8 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             "total_ms": s.total_ms,
             "mode": match opts.mode { Mode::Sbd => "sbd", Mode::Ntp => "ntp", Mode::Auto => "auto" },
             "sbd_blocks": s.sbd_blocks,
+            "grammar_ms": s.grammar_ms,
+            "forced_tokens": s.forced_tokens,
             "block_size": block_size,
             "selection": format!("{selection:?}"),
         });
@@ -350,7 +377,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 fn chat(a: ChatArgs) -> anyhow::Result<()> {
     let model = load(&a.model)?;
-    let opts = options(&a.decode, &model, None);
+    let opts = options(&a.decode, &model, None)?;
     let mut session = Session::new(model)?;
     let generating = Arc::new(AtomicBool::new(false));
     ctrlc_cancel(session.cancel_handle(), generating.clone());
@@ -520,11 +547,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         a.gammas.clone()
     };
     let mut systems: Vec<(String, GenerateOptions)> = Vec::new();
-    let mut ntp = options(&a.decode, &model, None);
+    let mut ntp = options(&a.decode, &model, None)?;
     ntp.mode = Mode::Ntp;
     systems.push(("ntp".into(), ntp));
     for g in gammas.iter().filter(|_| !a.ntp_only) {
-        let mut o = options(&a.decode, &model, Some(*g));
+        let mut o = options(&a.decode, &model, Some(*g))?;
         o.mode = Mode::Sbd;
         systems.push((format!("sbd gamma={g}"), o.clone()));
         if a.auto {

@@ -37,7 +37,7 @@ use tokio_stream::StreamExt;
 use crate::chat::Message;
 use crate::session::{CancelHandle, GenerateOptions};
 use crate::stream::{Event, StopReason};
-use crate::{LoadOptions, Mode, Model, Sampling, Selection, Session};
+use crate::{Constraint, LoadOptions, Mode, Model, Sampling, Selection, Session};
 pub use wire::ApiError;
 use wire::{finish_reason, parse, ChatRequest, Common, CompletionRequest, Stop, Usage};
 
@@ -551,14 +551,31 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
     if c.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad("n", "only n = 1 is supported"));
     }
-    if let Some(f) = &c.response_format {
-        if f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::bad(
-                "response_format",
-                "response_format: only {\"type\": \"text\"} is supported; structured output (json_schema) is not built into this runtime yet",
-            ));
-        }
-    }
+    let constraint = match &c.response_format {
+        None => None,
+        Some(f) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => Some(Constraint::JsonSchema(r#"{"type": "object"}"#.into())),
+            Some("json_schema") => {
+                let schema = f
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "response_format",
+                            "response_format json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                        )
+                    })?;
+                Some(Constraint::JsonSchema(schema.to_string()))
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "response_format",
+                    "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+                ))
+            }
+        },
+    };
     let max = c
         .max_completion_tokens
         .or(c.max_tokens)
@@ -612,6 +629,7 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
         max_new_tokens: max,
         stop,
         chat_template: None,
+        constraint,
     };
     check(&opts, model).map_err(ApiError::from_runtime)?;
     Ok(opts)

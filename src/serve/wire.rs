@@ -72,6 +72,9 @@ impl ApiError {
             }
             Error::ContextOverflow { .. } => ApiError::bad("max_tokens", e.to_string()),
             Error::Template(_) => ApiError::bad("messages", e.to_string()),
+            Error::Constraint { .. } => {
+                ApiError::bad("response_format", format!("response_format: {e}"))
+            }
             _ => ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -163,7 +166,7 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     /// Choices (only 1).
     pub n: Option<usize>,
-    /// `{"type": "text"}` only, until structured output lands.
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": ...}}`.
     pub response_format: Option<Value>,
     /// SBD settings.
     pub setblock: Option<Extension>,
@@ -211,7 +214,7 @@ pub struct Usage {
 /// OpenAI's `finish_reason` for a stop reason.
 pub fn finish_reason(r: StopReason) -> &'static str {
     match r {
-        StopReason::Eos | StopReason::StopString => "stop",
+        StopReason::Eos | StopReason::StopString | StopReason::Grammar => "stop",
         StopReason::MaxTokens => "length",
         StopReason::Cancelled => "cancelled",
     }

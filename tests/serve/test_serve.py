@@ -136,6 +136,31 @@ def test_streamed_chat_arrives_in_chunks_and_equals_the_whole(client: openai.Ope
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "integer", "minimum": 0, "maximum": 999},
+        "unit": {"enum": ["eggs", "boxes"]},
+    },
+    "required": ["answer", "unit"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_json_schema_gives_valid_json_in_fewer_forwards(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="demo",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}},
+        extra_body=SBD,
+    )
+    v = json.loads(r.choices[0].message.content or "")
+    assert set(v) == {"answer", "unit"} and 0 <= v["answer"] <= 999 and v["unit"] in ("eggs", "boxes"), v
+    assert r.choices[0].finish_reason == "stop"
+    u = r.usage
+    assert u is not None and 0 < (u.model_extra or {})["forward_passes"] < u.completion_tokens
+
+
 def test_completion_is_the_raw_prompt(client: openai.OpenAI) -> None:
     r = client.completions.create(model="demo", prompt=PROMPTS[2], max_tokens=40, extra_body=SBD)
     assert r.object == "text_completion" and r.choices[0].text
@@ -164,6 +189,16 @@ def test_a_wrong_api_key_is_refused(server: Server) -> None:
         ({"messages": []}, "messages"),
         ({"temperature": "hot"}, "temperature"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "integer", "minimum": 5, "maximum": 1}},
+                }
+            },
+            "response_format",
+        ),
     ],
 )
 def test_a_bad_field_is_a_400_that_names_it(server: Server, body: dict, param: str) -> None:
