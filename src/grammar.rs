@@ -143,6 +143,21 @@ impl Engine {
     }
 }
 
+/// True when `tokens` form a complete output of `constraint` for `model`'s vocabulary (the
+/// check a benchmark applies to unconstrained output; EOS at the end is allowed).
+pub fn satisfies(model: &crate::Model, constraint: &Constraint, tokens: &[u32]) -> Result<bool> {
+    let mut g = Grammar::new(&*model.grammar_engine()?, constraint)?;
+    for &t in tokens {
+        if g.is_done() {
+            return Ok(model.manifest.eos_token_ids.contains(&t));
+        }
+        if !g.try_accept(t)? {
+            return Ok(false);
+        }
+    }
+    Ok(g.is_done() || g.matcher.is_accepting().unwrap_or(false))
+}
+
 /// The constraint of one generation: where the committed tokens have brought the grammar.
 pub struct Grammar {
     matcher: Matcher,

@@ -1,0 +1,145 @@
+//! Structured output on a model folder: for each constraint (flat object, nested object with
+//! arrays, enum fields, a regex date, a small Lark grammar) and each of NTP + grammar, SBD
+//! without a grammar, SBD + grammar: the validity of the outputs, forwards per generated token,
+//! forced tokens, decode tokens/s and the grammar's share of the generation's time.
+//!
+//! ```sh
+//! cargo run --release --example structured -- --model models/demo --json docs/structured_output.json
+//! ```
+
+use std::sync::Arc;
+
+use clap::Parser;
+use setblock::grammar::satisfies;
+use setblock::{Constraint, GenerateOptions, LoadOptions, Mode, Model, Session};
+
+#[derive(Parser)]
+struct Args {
+    /// The model folder.
+    #[arg(long, default_value = "models/demo")]
+    model: String,
+    /// Prompts per constraint.
+    #[arg(long, default_value_t = 10)]
+    prompts: usize,
+    /// Block size of the SBD runs.
+    #[arg(long, default_value_t = 8)]
+    block_size: usize,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Write the results here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+fn constraints() -> Vec<(&'static str, Constraint)> {
+    vec![
+        (
+            "flat object",
+            Constraint::JsonSchema(
+                r#"{"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 999}, "unit": {"type": "string", "maxLength": 8}}, "required": ["answer", "unit"], "additionalProperties": false}"#.into(),
+            ),
+        ),
+        (
+            "nested + arrays",
+            Constraint::JsonSchema(
+                r#"{"type": "object", "properties": {"person": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "boxes": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["name", "boxes"], "additionalProperties": false}, "steps": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 999}, "maxItems": 4}}, "required": ["person", "steps"], "additionalProperties": false}"#.into(),
+            ),
+        ),
+        (
+            "enum fields",
+            Constraint::JsonSchema(
+                r#"{"type": "object", "properties": {"operation": {"enum": ["add", "subtract", "multiply", "divide"]}, "unit": {"enum": ["eggs", "boxes", "apples"]}, "certain": {"type": "boolean"}}, "required": ["operation", "unit", "certain"], "additionalProperties": false}"#.into(),
+            ),
+        ),
+        ("regex date", Constraint::Regex(r"20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])".into())),
+        (
+            "Lark grammar",
+            Constraint::Lark(
+                "start: \"Answer: \" NUMBER \" \" UNIT \".\"\nNUMBER: /[0-9]{1,3}/\nUNIT: \"eggs\" | \"boxes\"\n".into(),
+            ),
+        ),
+    ]
+}
+
+fn prompt(i: usize) -> String {
+    let (a, b, c, d) = (2 + i % 7, 3 + i % 5, 1 + i % 9, 1 + i % 4);
+    format!("Ned has {a} boxes of eggs. Each box holds {b} eggs. Ned finds {c} more eggs. Ned gives {d} eggs to Ann. How many eggs does Ned have now?")
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sum {
+    n: usize,
+    valid: usize,
+    tokens: usize,
+    forwards: usize,
+    forced: usize,
+    decode_ms: f64,
+    grammar_ms: f64,
+    total_ms: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let model = Arc::new(Model::load(
+        &a.model,
+        &LoadOptions {
+            threads: Some(a.threads),
+            ..LoadOptions::default()
+        },
+    )?);
+    let runs = [
+        ("NTP + grammar", Mode::Ntp, true),
+        ("SBD, no grammar", Mode::Sbd, false),
+        ("SBD + grammar", Mode::Sbd, true),
+    ];
+    let mut rows = Vec::new();
+    println!("| constraint | run | valid | tokens/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, c) in constraints() {
+        for (run, mode, with) in runs {
+            let mut s = Sum::default();
+            for i in 0..a.prompts {
+                let o = GenerateOptions {
+                    mode,
+                    block_size: Some(a.block_size),
+                    max_new_tokens: 96,
+                    constraint: with.then(|| c.clone()),
+                    ..GenerateOptions::default()
+                };
+                let out = Session::new(model.clone())?.generate(&prompt(i), &o, |_| {})?;
+                let st = &out.stats;
+                s.n += 1;
+                s.valid += usize::from(satisfies(&model, &c, &out.tokens)?);
+                s.tokens += st.generated_tokens;
+                s.forwards += st.forward_passes;
+                s.forced += st.forced_tokens;
+                s.decode_ms += st.total_ms - st.prefill_ms;
+                s.grammar_ms += st.grammar_ms;
+                s.total_ms += st.total_ms;
+            }
+            let row = serde_json::json!({
+                "constraint": name, "run": run, "outputs": s.n, "valid": s.valid,
+                "tokens": s.tokens, "forwards": s.forwards, "forced_tokens": s.forced,
+                "forwards_per_token": s.forwards as f64 / s.tokens.max(1) as f64,
+                "decode_tokens_per_s": s.tokens as f64 / (s.decode_ms / 1e3),
+                "grammar_share": s.grammar_ms / s.total_ms,
+            });
+            println!(
+                "| {name} | {run} | {}/{} | {:.1} | {:.3} | {} | {:.0} | {:.1}% |",
+                s.valid,
+                s.n,
+                s.tokens as f64 / s.n as f64,
+                s.forwards as f64 / s.tokens.max(1) as f64,
+                s.forced,
+                s.tokens as f64 / (s.decode_ms / 1e3),
+                100.0 * s.grammar_ms / s.total_ms
+            );
+            rows.push(row);
+        }
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    Ok(())
+}
