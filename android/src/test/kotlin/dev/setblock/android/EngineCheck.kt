@@ -91,6 +91,27 @@ suspend fun checks(dir: String): Boolean {
     check("InvalidOption names block_size", e2 is SetblockException.InvalidOption && e2.message!!.contains("block_size"))
     val e3 = runCatching { session.generate(prompt, cfg.copy(maxNewTokens = 5000u), null) }.exceptionOrNull()
     check("ContextOverflow names max_context", e3 is SetblockException.ContextOverflow && e3.message!!.contains("max_context"))
+
+    // structured output, and sessions on four threads over one model equal one alone
+    session.reset()
+    val rx = dev.setblock.OutputConstraint.Regex("a=[0-9]{1,2}; b=[0-9]")
+    val so = session.generate(prompt, cfg.copy(mode = DecodeMode.NTP, constraint = rx), null)
+    check("a regex constraint holds, stop grammar", Regex("a=[0-9]{1,2}; b=[0-9]").matches(so.text) && so.stats.stopReason == "grammar")
+    val alone = SbSession(model).generate(prompt, cfg, null).tokens
+    val results = java.util.concurrent.ConcurrentHashMap<Int, List<UInt>>()
+    val threads = (0 until 4).map { i -> Thread { results[i] = SbSession(model).generate(prompt, cfg, null).tokens } }
+    threads.forEach { it.start() }; threads.forEach { it.join() }
+    check("4 threads over one model equal one session alone", results.size == 4 && results.values.all { it == alone })
+
+    // a listener that throws cancels the generation; its error reaches the caller
+    session.reset()
+    val thrower = object : dev.setblock.GenerationListener {
+        override fun onEvent(event: GenerationEvent) {
+            if (event is GenerationEvent.Block) throw IllegalStateException("the app's own failure")
+        }
+    }
+    val e4 = runCatching { session.generate(prompt, cfg, thrower) }.exceptionOrNull()
+    check("a throwing listener -> SetblockException.Listener", e4 is SetblockException.Listener && e4.message!!.contains("the app's own failure"))
     session.destroy(); model.destroy(); engine.close()
     check("state idle after close", engine.state.value == EngineState.Idle)
     println("$passed passed, $failed failed")
