@@ -30,6 +30,16 @@ fn load() -> *mut sb_model {
     m
 }
 
+/// `sb_generate` with options `g` fails with `status`, and the last error contains `needle`.
+fn refused(s: *mut sb_session, g: &sb_generate_options, status: sb_status, needle: &str) {
+    let p = CString::new("sort 3 1 2").unwrap();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), g, None, null_mut(), null_mut(), null_mut()) },
+        status
+    );
+    assert!(last_error().contains(needle), "{}", last_error());
+}
+
 struct Collected {
     text: String,
     blocks: usize,
@@ -248,26 +258,10 @@ fn bad_strings_options_and_folders_are_errors_with_messages() {
     // NaN is not "negative = the model's default": it is refused, as the CLI and Python do
     let mut g = sb_generate_options_default();
     g.gamma = f64::NAN;
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
-        sb_status::SB_ERR_OPTION
-    );
-    assert!(
-        last_error().contains("options.gamma = NaN"),
-        "{}",
-        last_error()
-    );
+    refused(s, &g, sb_status::SB_ERR_OPTION, "options.gamma = NaN");
     let mut g = sb_generate_options_default();
     g.chat_template = 7;
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), null_mut()) },
-        sb_status::SB_ERR_OPTION
-    );
-    assert!(
-        last_error().contains("options.chat_template = 7"),
-        "{}",
-        last_error()
-    );
+    refused(s, &g, sb_status::SB_ERR_OPTION, "options.chat_template = 7");
     let mut o = sb_load_options_default();
     o.threads = 10_000;
     let mut m2 = null_mut();
@@ -460,27 +454,16 @@ fn structured_output_through_the_c_abi() {
     let schema = CString::new("{\"type\": \"integer\"}").unwrap();
     let mut g2 = g;
     g2.json_schema = schema.as_ptr();
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g2, None, null_mut(), null_mut(), null_mut()) },
-        sb_status::SB_ERR_OPTION
-    );
-    assert!(last_error().contains("at most one"), "{}", last_error());
+    refused(s, &g2, sb_status::SB_ERR_OPTION, "at most one");
     let bad = CString::new("(unclosed").unwrap();
     let mut g3 = g;
     g3.regex = bad.as_ptr();
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g3, None, null_mut(), null_mut(), null_mut()) },
-        sb_status::SB_ERR_OPTION
-    );
-    assert!(last_error().contains("regex"), "{}", last_error());
+    refused(s, &g3, sb_status::SB_ERR_OPTION, "regex");
     let invalid = [b'(', 0xff, 0];
     let mut g4 = g;
     g4.regex = std::ptr::null();
     g4.grammar = invalid.as_ptr() as *const c_char;
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g4, None, null_mut(), null_mut(), null_mut()) },
-        sb_status::SB_ERR_UTF8
-    );
+    refused(s, &g4, sb_status::SB_ERR_UTF8, "grammar");
     sb_session_free(s);
     sb_model_free(m);
 }
