@@ -89,15 +89,16 @@ fn main() -> anyhow::Result<()> {
         },
     )?);
     let runs = [
-        ("NTP + grammar", Mode::Ntp, true),
-        ("SBD, no grammar", Mode::Sbd, false),
-        ("SBD + grammar", Mode::Sbd, true),
+        ("NTP + grammar", Mode::Ntp, true, false),
+        ("SBD, no grammar", Mode::Sbd, false, false),
+        ("SBD + grammar, no forced tokens", Mode::Sbd, true, false),
+        ("SBD + grammar", Mode::Sbd, true, true),
     ];
     let mut rows = Vec::new();
     println!("| constraint | run | valid | tokens/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
     println!("|---|---|---|---|---|---|---|---|");
     for (name, c) in constraints() {
-        for (run, mode, with) in runs {
+        for (run, mode, with, forced) in runs {
             let mut s = Sum::default();
             for i in 0..a.prompts {
                 let o = GenerateOptions {
@@ -105,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                     block_size: Some(a.block_size),
                     max_new_tokens: 96,
                     constraint: with.then(|| c.clone()),
+                    forced_tokens: forced,
                     ..GenerateOptions::default()
                 };
                 let out = Session::new(model.clone())?.generate(&prompt(i), &o, |_| {})?;

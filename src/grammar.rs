@@ -168,6 +168,8 @@ pub struct Grammar {
     pub masks: usize,
     /// Tokens the grammar forced (committed without being sampled).
     pub forced: usize,
+    /// Whether forced tokens fill SBD slots (off: the ablation).
+    use_forced: bool,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -195,6 +197,7 @@ impl Grammar {
             seconds: 0.0,
             masks: 0,
             forced: 0,
+            use_forced: true,
         };
         let first = g.mask()?;
         if first.is_zero() {
@@ -272,8 +275,17 @@ impl Grammar {
         }
     }
 
+    /// With `false`, `forced_tokens` is always empty (forced tokens are then sampled like any).
+    pub(crate) fn forcing(mut self, on: bool) -> Self {
+        self.use_forced = on;
+        self
+    }
+
     /// Tokens the grammar forces next (not committed).
     pub(crate) fn forced_tokens(&mut self) -> Vec<u32> {
+        if !self.use_forced {
+            return Vec::new();
+        }
         let t0 = Instant::now();
         let ff = self.matcher.compute_ff_tokens();
         self.seconds += t0.elapsed().as_secs_f64();

@@ -38,6 +38,9 @@ pub struct GenerateOptions {
     /// Structured output: the output must match this JSON schema, regex or Lark grammar
     /// (docs/structured-output.md). Compiled before any forward; an invalid one is an error.
     pub constraint: Option<crate::grammar::Constraint>,
+    /// With a constraint in SBD: fill the slots whose token the grammar forces without a
+    /// forward (default true; false is the ablation docs/structured-output.md measures).
+    pub forced_tokens: bool,
 }
 
 impl Default for GenerateOptions {
@@ -51,6 +54,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             chat_template: None,
             constraint: None,
+            forced_tokens: true,
         }
     }
 }
@@ -310,7 +314,9 @@ impl Session {
             });
         }
         let grammar = match &opts.constraint {
-            Some(c) => Some(Grammar::new(&*self.model.grammar_engine()?, c)?),
+            Some(c) => {
+                Some(Grammar::new(&*self.model.grammar_engine()?, c)?.forcing(opts.forced_tokens))
+            }
             None => None,
         };
         self.context.extend_from_slice(prompt_ids);

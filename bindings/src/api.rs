@@ -242,6 +242,7 @@ impl From<&GenerateConfig> for GenerateOptions {
                 OutputConstraint::Regex { pattern } => Constraint::Regex(pattern),
                 OutputConstraint::Lark { grammar } => Constraint::Lark(grammar),
             }),
+            forced_tokens: true,
         }
     }
 }

@@ -325,6 +325,7 @@ fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> anyhow::Result<
         max_new_tokens: d.max_new_tokens,
         stop: d.stop.clone(),
         chat_template: if d.raw { Some(false) } else { None },
+        forced_tokens: true,
     })
 }
 

@@ -630,6 +630,7 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
         stop,
         chat_template: None,
         constraint,
+        forced_tokens: true,
     };
     check(&opts, model).map_err(ApiError::from_runtime)?;
     Ok(opts)
