@@ -148,6 +148,9 @@ impl Engine {
 pub fn satisfies(model: &crate::Model, constraint: &Constraint, tokens: &[u32]) -> Result<bool> {
     let mut g = Grammar::new(&*model.grammar_engine()?, constraint)?;
     for &t in tokens {
+        if t as usize >= model.manifest.vocab_size {
+            return Ok(false);
+        }
         if g.is_done() {
             return Ok(model.manifest.eos_token_ids.contains(&t));
         }
