@@ -5,7 +5,9 @@
 MODEL_DIR is what onnxruntime-genai's own model builder wrote
 (``python -m onnxruntime_genai.models.builder -i CHECKPOINT -o MODEL_DIR -p fp32 -e cpu``).
 Prompts are rendered as the demo model's chat template renders one user message
-(``Question: {q}\\nAnswer:``) and tokenized by onnxruntime-genai's tokenizer. Prints one JSON
+(``Question: {q}\\nAnswer:``), or with ``--rendered`` taken as each row's ``rendered`` field (a
+chat model's template applied already), and tokenized by onnxruntime-genai's tokenizer. Rows with
+``"grade": "json"`` are graded by parsing, as ``setblock bench`` grades them. Prints one JSON
 object: the same fields as ``setblock bench --json`` where they apply, plus the texts, so that the
 harness can check the outputs are equal. Peak resident memory is the harness's to measure (the
 whole process).
@@ -38,6 +40,15 @@ def final_answer(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def is_correct(text: str, row: dict) -> bool:
+    if row.get("grade") == "json":
+        try:
+            return json.loads(text.strip()) == json.loads(row["answer"])
+        except json.JSONDecodeError:
+            return False
+    return final_answer(text) == row.get("answer")
+
+
 def generate(model: og.Model, tok: og.Tokenizer, prompt: str, max_new: int) -> tuple[list[int], float, float]:
     """Greedy tokens, seconds to the first generated token, seconds of the rest."""
     ids = tok.encode(prompt)
@@ -64,21 +75,26 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=1, help="timed passes; outputs from the first")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--rendered", action="store_true", help="each row's prompt is its rendered field, as is")
     a = ap.parse_args()
+
+    def prompt(r: dict) -> str:
+        return r["rendered"] if a.rendered else PROMPT.format(q=r["question"])
+
     set_threads(a.model, a.threads)
     rows = [json.loads(line) for line in a.prompts.read_text().splitlines() if line.strip()][: a.limit]
     model = og.Model(str(a.model))
     tok = og.Tokenizer(model)
     eos = int(json.loads((a.model / "genai_config.json").read_text())["model"]["eos_token_id"])
     for r in rows[:5]:  # warm-up, untimed
-        generate(model, tok, PROMPT.format(q=r["question"]), a.max_new_tokens)
+        generate(model, tok, prompt(r), a.max_new_tokens)
     texts: list[str] = []
     tokens = correct = 0
     ttft = decode_s = 0.0
     decode_tokens = 0
     for rep in range(a.repeat):
         for r in rows:
-            out, first, rest = generate(model, tok, PROMPT.format(q=r["question"]), a.max_new_tokens)
+            out, first, rest = generate(model, tok, prompt(r), a.max_new_tokens)
             ttft += first
             decode_s += rest
             decode_tokens += len(out) - 1
@@ -86,7 +102,7 @@ def main() -> None:
                 text = tok.decode([t for t in out if t != eos])
                 texts.append(text)
                 tokens += len(out)
-                correct += int(final_answer(text) == r.get("answer"))
+                correct += int(is_correct(text, r))
     n = len(rows) * a.repeat
     print(
         json.dumps(

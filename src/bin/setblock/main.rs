@@ -1,4 +1,4 @@
-//! `setblock`: generate, chat, info and bench from the command line.
+//! `setblock`: generate, chat, info, bench and serve from the command line.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+
+mod bench;
+use bench::{BenchArgs, BenchForwardArgs};
+use indicatif::ProgressBar;
 use setblock::{
     Constraint, Event, ExecutionProvider, GenerateOptions, LoadOptions, Mode, Model, Sampling,
     Selection, Session,
@@ -68,24 +71,6 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
-}
-
-#[derive(Args)]
-struct BenchForwardArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Tokens per forward.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
-    tokens: Vec<usize>,
-    /// Cached positions before the forward.
-    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 128, 384])]
-    past: Vec<usize>,
-    /// Timed runs per point (median reported).
-    #[arg(long, default_value_t = 20)]
-    reps: usize,
-    /// JSON output.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -227,36 +212,6 @@ struct InfoArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// JSON output.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    decode: DecodeArgs,
-    /// JSONL file: one object per line with "prompt" (or "question") and optionally "answer".
-    #[arg(long)]
-    prompts: PathBuf,
-    /// Use only the first N prompts.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Gammas to run in SBD mode (default: the model's low and high).
-    #[arg(long, value_delimiter = ',')]
-    gammas: Vec<f64>,
-    /// Timed passes over the prompts (systems interleaved prompt by prompt); accuracy and forward
-    /// counts come from the first. A warm-up of up to 5 prompts per system runs before, untimed.
-    #[arg(long, default_value_t = 1)]
-    repeat: usize,
-    /// Only the NTP system (for an NTP-trained baseline model).
-    #[arg(long)]
-    ntp_only: bool,
-    /// Also run the `auto` block policy at each gamma.
-    #[arg(long)]
-    auto: bool,
-    /// JSON output (one object with a row per system).
     #[arg(long)]
     json: bool,
 }
@@ -449,10 +404,10 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     println!(
         "weights          {:.1} MiB ({})",
         mib(i.weights_bytes),
-        if i.quantization == "none" {
-            "float32".into()
-        } else {
-            i.quantization.clone()
+        match (&*i.quantization, &i.quantization_options) {
+            ("none", _) => "float32".into(),
+            (q, Some(o)) => format!("{q}: {o}"),
+            (q, None) => q.to_string(),
         }
     );
     println!(
@@ -481,341 +436,6 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-struct BenchRow {
-    prompt: Option<String>,
-    question: Option<String>,
-    answer: Option<String>,
-    task: Option<String>,
-}
-
-fn final_answer(text: &str) -> Option<String> {
-    let (_, tail) = text.rsplit_once("#### ")?;
-    Some(tail.lines().next().unwrap_or("").trim().to_string())
-}
-
-#[derive(serde::Serialize, Default, Clone)]
-struct BenchResult {
-    system: String,
-    prompts: usize,
-    generated_tokens: usize,
-    forward_passes: usize,
-    tokens_per_forward: f64,
-    forward_reduction_vs_ntp: f64,
-    decode_tokens_per_s: f64,
-    mean_ttft_ms: f64,
-    runtime_overhead_pct: f64,
-    /// Decode tokens/s that the cost curve predicts for the forwards this system ran (NTP and
-    /// fixed-k SBD; none for auto): the runtime's own cost shows as measured < predicted.
-    predicted_decode_tokens_per_s: Option<f64>,
-    sbd_blocks: usize,
-    accuracy: Option<f64>,
-    per_task_accuracy: std::collections::BTreeMap<String, f64>,
-}
-
-fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let model = load(&a.model)?;
-    let text = std::fs::read_to_string(&a.prompts)
-        .with_context(|| format!("reading --prompts {}", a.prompts.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r: BenchRow = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a JSON object", a.prompts.display(), n + 1))?;
-        let prompt = match (r.question, r.prompt) {
-            (Some(q), _) => q,
-            (None, Some(p)) => p,
-            _ => bail!(
-                "{}:{}: needs a \"question\" or \"prompt\" field",
-                a.prompts.display(),
-                n + 1
-            ),
-        };
-        rows.push((prompt, r.answer, r.task.unwrap_or_else(|| "all".into())));
-    }
-    if let Some(l) = a.limit {
-        rows.truncate(l);
-    }
-    if rows.is_empty() {
-        bail!("{} holds no prompts", a.prompts.display());
-    }
-    let gammas = if a.gammas.is_empty() {
-        vec![model.manifest.gamma.low, model.manifest.gamma.high]
-    } else {
-        a.gammas.clone()
-    };
-    let mut systems: Vec<(String, GenerateOptions)> = Vec::new();
-    let mut ntp = options(&a.decode, &model, None)?;
-    ntp.mode = Mode::Ntp;
-    systems.push(("ntp".into(), ntp));
-    for g in gammas.iter().filter(|_| !a.ntp_only) {
-        let mut o = options(&a.decode, &model, Some(*g))?;
-        o.mode = Mode::Sbd;
-        systems.push((format!("sbd gamma={g}"), o.clone()));
-        if a.auto {
-            o.mode = Mode::Auto;
-            systems.push((format!("auto gamma={g}"), o));
-        }
-    }
-    let curve = model.cost_curve()?;
-    let mut session = Session::new(model)?;
-    let block_sizes = systems
-        .iter()
-        .map(|(_, o)| session.resolve(o).map(|r| r.0))
-        .collect::<Result<Vec<usize>, _>>()?;
-    let passes = a.repeat.max(1);
-    for (prompt, _, _) in rows.iter().take(5) {
-        for (_, opts) in &systems {
-            session.reset();
-            session.generate(prompt, opts, |_| {})?;
-        }
-    }
-    let bar = ProgressBar::new((passes * rows.len() * systems.len()) as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut acc: Vec<BenchResult> = systems
-        .iter()
-        .map(|(n, _)| BenchResult {
-            system: n.clone(),
-            ..Default::default()
-        })
-        .collect();
-    let mut correct: Vec<std::collections::BTreeMap<String, (usize, usize)>> =
-        vec![Default::default(); systems.len()];
-    let mut decode_time = vec![0.0f64; systems.len()];
-    let mut ttft = vec![0.0f64; systems.len()];
-    let mut total_ms = vec![0.0f64; systems.len()];
-    let mut ort_ms = vec![0.0f64; systems.len()];
-    let mut predicted_s = vec![0.0f64; systems.len()];
-    for pass in 0..passes {
-        for (prompt, answer, task) in &rows {
-            // interleave systems prompt by prompt so drift in machine load hits all of them alike
-            for (si, (name, opts)) in systems.iter().enumerate() {
-                bar.set_message(name.clone());
-                session.reset();
-                let out = session.generate(prompt, opts, |_| {})?;
-                bar.inc(1);
-                let r = &mut acc[si];
-                let st = &out.stats;
-                let k = block_sizes[si];
-                // decode forwards: all but the first (prefill + first block)
-                let later = st.forward_passes.saturating_sub(1) as f64;
-                let later_blocks = st.sbd_blocks.saturating_sub(1) as f64;
-                predicted_s[si] += match opts.mode {
-                    Mode::Ntp => curve.seconds(1, later, 0.0),
-                    Mode::Sbd => curve.seconds(k, later, later_blocks),
-                    Mode::Auto => None,
-                }
-                .unwrap_or(f64::NAN);
-                if pass == 0 {
-                    r.sbd_blocks += st.sbd_blocks;
-                    r.prompts += 1;
-                    r.generated_tokens += out.stats.generated_tokens;
-                    r.forward_passes += out.stats.forward_passes;
-                    if let Some(ans) = answer {
-                        let e = correct[si].entry(task.clone()).or_default();
-                        e.0 +=
-                            usize::from(final_answer(&out.text).as_deref() == Some(ans.as_str()));
-                        e.1 += 1;
-                    }
-                }
-                decode_time[si] += (out.stats.total_ms - out.stats.prefill_ms) / 1e3;
-                total_ms[si] += out.stats.total_ms;
-                ort_ms[si] += out.stats.onnx_runtime_ms;
-                ttft[si] += out.stats.time_to_first_token_ms;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let reps = passes as f64;
-    let ntp_forwards = acc[0].forward_passes as f64;
-    for (si, r) in acc.iter_mut().enumerate() {
-        r.tokens_per_forward = r.generated_tokens as f64 / r.forward_passes.max(1) as f64;
-        r.forward_reduction_vs_ntp = ntp_forwards / r.forward_passes.max(1) as f64;
-        r.decode_tokens_per_s = r.generated_tokens as f64 * reps / decode_time[si].max(1e-9);
-        r.mean_ttft_ms = ttft[si] / (reps * r.prompts.max(1) as f64);
-        r.runtime_overhead_pct = 100.0 * (total_ms[si] - ort_ms[si]) / total_ms[si].max(1e-9);
-        r.predicted_decode_tokens_per_s = (predicted_s[si].is_finite() && predicted_s[si] > 0.0)
-            .then(|| r.generated_tokens as f64 * reps / predicted_s[si]);
-        let (c, t) = correct[si]
-            .values()
-            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        if t > 0 {
-            r.accuracy = Some(100.0 * c as f64 / t as f64);
-            r.per_task_accuracy = correct[si]
-                .iter()
-                .map(|(k, (c, t))| (k.clone(), 100.0 * *c as f64 / *t as f64))
-                .collect();
-        }
-    }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&acc)?);
-        return Ok(());
-    }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header([
-        "system",
-        "forwards",
-        "tokens/forward",
-        "forward reduction",
-        "decode tokens/s",
-        "cost-curve prediction",
-        "TTFT ms",
-        "outside ORT %",
-        "accuracy %",
-    ]);
-    for r in &acc {
-        table.add_row([
-            r.system.clone(),
-            r.forward_passes.to_string(),
-            format!("{:.2}", r.tokens_per_forward),
-            format!("{:.2}x", r.forward_reduction_vs_ntp),
-            format!("{:.0}", r.decode_tokens_per_s),
-            r.predicted_decode_tokens_per_s
-                .map_or("-".into(), |p| format!("{p:.0}")),
-            format!("{:.1}", r.mean_ttft_ms),
-            format!("{:.1}", r.runtime_overhead_pct),
-            r.accuracy.map_or("-".into(), |a| format!("{a:.1}")),
-        ]);
-    }
-    println!("{table}");
-    Ok(())
-}
-
-/// Read bandwidth of this machine in bytes/s: `threads` threads summing disjoint parts of a
-/// 512 MiB buffer (far larger than any cache), best of 5.
-fn read_bandwidth(threads: usize) -> f64 {
-    let data = vec![1.0f32; 128 << 20];
-    let part = data.len().div_ceil(threads.max(1));
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let total: f32 = std::thread::scope(|s| {
-            let hs: Vec<_> = data
-                .chunks(part)
-                .map(|c| {
-                    s.spawn(move || {
-                        // 8 accumulators so the sum is bound by memory, not by the add latency
-                        let mut acc = [0.0f32; 8];
-                        for w in c.chunks_exact(8) {
-                            for i in 0..8 {
-                                acc[i] += w[i];
-                            }
-                        }
-                        acc.iter().sum::<f32>()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
-        });
-        let secs = t0.elapsed().as_secs_f64();
-        std::hint::black_box(total);
-        best = best.max((data.len() * 4) as f64 / secs);
-    }
-    best
-}
-
-fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
-    let model = load(&a.model)?;
-    let threads = a
-        .model
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let bandwidth = read_bandwidth(threads);
-    let info = model.info();
-    let longest = a.tokens.iter().copied().max().unwrap_or(1);
-    let mut rows = Vec::new();
-    let bar = ProgressBar::new((a.past.len() * a.reps) as u64);
-    for &past in &a.past {
-        let mut probe = model.probe(past, longest)?;
-        // each size with the logits of its last row only, and of all its rows (what a graph
-        // without logits_index always computes)
-        let shapes: Vec<(usize, usize)> = a.tokens.iter().flat_map(|&n| [(n, 1), (n, n)]).collect();
-        let med = probe.medians(&shapes, a.reps, || bar.inc(1))?;
-        let t1 = shapes.iter().position(|&s| s == (1, 1)).map(|i| med[i]);
-        for (i, &n) in a.tokens.iter().enumerate() {
-            let (one, all) = (med[2 * i], med[2 * i + 1]);
-            // the memory-bound floor: every weight and the cached K/V read once per forward
-            let bytes = info.weights_bytes as f64 + (past * info.kv_bytes_per_token) as f64;
-            rows.push(serde_json::json!({
-                "past": past, "tokens": n, "ms": one * 1e3, "ms_all_rows": all * 1e3,
-                "ratio_to_one_token": t1.map(|t1| one / t1),
-                "bytes_read": bytes, "memory_floor_ms": bytes / bandwidth * 1e3,
-                "bandwidth_gb_s": bandwidth / 1e9, "threads": threads,
-            }));
-        }
-    }
-    bar.finish_and_clear();
-    let t0 = std::time::Instant::now();
-    let curve = model.cost_curve()?;
-    let curve_ms = t0.elapsed().as_secs_f64() * 1e3;
-    if a.json {
-        let v = serde_json::json!({
-            "points": rows,
-            "auto_cost_curve": {
-                "measured_in_ms": curve_ms, "past": curve.past, "ntp_ms": curve.ntp * 1e3,
-                "blocks": curve.blocks.iter().map(|&(k, first, next)| serde_json::json!({
-                    "k": k, "first_forward_ms": first * 1e3, "next_forward_ms": next * 1e3,
-                })).collect::<Vec<_>>(),
-            },
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header([
-        "past",
-        "tokens",
-        "median ms (logits of 1 row)",
-        "median ms (logits of every row)",
-        "t(n) / t(1)",
-        "memory floor ms",
-    ]);
-    for r in &rows {
-        table.add_row([
-            r["past"].to_string(),
-            r["tokens"].to_string(),
-            format!("{:.3}", r["ms"].as_f64().unwrap_or(0.0)),
-            format!("{:.3}", r["ms_all_rows"].as_f64().unwrap_or(0.0)),
-            r["ratio_to_one_token"]
-                .as_f64()
-                .map_or("-".into(), |v| format!("{v:.2}")),
-            format!("{:.3}", r["memory_floor_ms"].as_f64().unwrap_or(0.0)),
-        ]);
-    }
-    println!("{table}");
-    println!(
-        "read bandwidth {:.1} GB/s ({threads} threads); weights {:.1} MB, K/V {} bytes per cached position; \
-         memory floor = (weights + cached K/V) / bandwidth",
-        bandwidth / 1e9,
-        info.weights_bytes as f64 / 1e6,
-        info.kv_bytes_per_token
-    );
-    if model.manifest.io.logits_index.is_none() {
-        println!("(this graph has no logits_index input: it computes every row's logits anyway)");
-    }
-    let blocks: Vec<String> = curve
-        .blocks
-        .iter()
-        .map(|&(k, first, next)| format!("k={k}: {:.3}/{:.3}", first * 1e3, next * 1e3))
-        .collect();
-    println!(
-        "auto policy's cost curve (measured in {curve_ms:.0} ms at {} cached positions): NTP {:.3} ms; \
-         block first/next forward ms {}",
-        curve.past,
-        curve.ntp * 1e3,
-        blocks.join(", ")
-    );
-    Ok(())
-}
-
-#[cfg(feature = "serve")]
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let model = match &a.model.model {
         Some(d) => d.clone(),
@@ -854,8 +474,8 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
         Command::Info(a) => info(a),
-        Command::Bench(a) => bench(a),
-        Command::BenchForward(a) => bench_forward(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::BenchForward(a) => bench::bench_forward(a),
         #[cfg(feature = "serve")]
         Command::Serve(a) => serve(a),
     };
