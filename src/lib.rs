@@ -44,7 +44,7 @@ pub use chat::Message;
 pub use decode::Mode;
 pub use error::{Error, Result};
 pub use grammar::Constraint;
-pub use manifest::Manifest;
+pub use manifest::{Manifest, QuantizationOptions};
 pub use model::{LoadOptions, Model, ModelInfo};
 pub use ort_env::ExecutionProvider;
 pub use policy::CostCurve;

@@ -125,6 +125,10 @@ pub struct Manifest {
     /// `none`, `int8` or `int4`.
     #[serde(default = "none")]
     pub quantization: String,
+    /// How the weights were quantized (`quantization_options`; absent in folders exported before
+    /// it was recorded, and for float weights).
+    #[serde(default)]
+    pub quantization_options: Option<QuantizationOptions>,
     /// `sequence-major` (past/presents `[batch, seq, kv_heads, head_dim]`) or
     /// `sequence-major-packed` (`[batch, seq, kv_heads * head_dim]`, the same memory).
     pub kv_layout: String,
@@ -135,6 +139,46 @@ pub struct Manifest {
     /// Free-form: base model, data, steps, dates.
     #[serde(default)]
     pub provenance: serde_json::Value,
+}
+
+/// How an export quantized its weights, as the exporter records it. Informational: ONNX Runtime
+/// reads the quantized operators' own attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationOptions {
+    /// `MatMulNBits` (int4) or `quantize_dynamic` (int8).
+    pub method: String,
+    /// Bits per weight (int4: 4).
+    #[serde(default)]
+    pub bits: Option<u32>,
+    /// Weights per quantization scale (int4).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    /// Symmetric quantization (no zero points).
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    /// MatMulNBits' compute type: 0 the weights' float type, 1 fp32, 2 fp16, 3 bf16, 4 int8
+    /// activations (the fastest on CPUs).
+    #[serde(default)]
+    pub accuracy_level: Option<u32>,
+}
+
+impl std::fmt::Display for QuantizationOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.method)?;
+        if let Some(b) = self.bits {
+            write!(f, ", {b}-bit")?;
+        }
+        if let Some(b) = self.block_size {
+            write!(f, ", block {b}")?;
+        }
+        if self.symmetric == Some(true) {
+            f.write_str(", symmetric")?;
+        }
+        if let Some(a) = self.accuracy_level {
+            write!(f, ", accuracy level {a}")?;
+        }
+        Ok(())
+    }
 }
 
 /// `kv_layout` of graphs whose past/presents are `[batch, seq, kv_heads, head_dim]`.

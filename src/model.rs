@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::{RunOptions, Session, SessionInputValue};
@@ -14,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::files::{self, IfMissing};
 use crate::grammar;
 use crate::kv_cache::KvCache;
-use crate::manifest::{IoNames, Manifest};
+use crate::manifest::{IoNames, Manifest, QuantizationOptions};
 use crate::mask;
 use crate::ort_env::{self, ExecutionProvider, ProfileShapes};
 use crate::policy::{self, CostCurve};
@@ -71,6 +72,8 @@ pub struct ModelInfo {
     pub gamma: (f64, f64),
     /// Weight quantization of the export.
     pub quantization: String,
+    /// How the weights were quantized, where the manifest records it (e.g. int4's accuracy level).
+    pub quantization_options: Option<QuantizationOptions>,
     /// Whether a chat template is applied by default.
     pub chat_template: bool,
     /// Mask token id.
@@ -184,6 +187,9 @@ pub struct Model {
     providers: Vec<String>,
     ort_library: PathBuf,
     cost_curve: OnceLock<CostCurve>,
+    /// The curve as `auto` generations corrected it (policy.rs), and whether they may.
+    learned_curve: Mutex<Option<CostCurve>>,
+    cost_learning: AtomicBool,
     grammar_engine: Mutex<Option<Arc<grammar::Engine>>>,
 }
 
@@ -319,6 +325,57 @@ impl Model {
                 .collect(),
         })?;
         Ok(self.cost_curve.get_or_init(|| curve).clone())
+    }
+
+    /// The curve the next `auto` generation starts from: the measured one as corrected by the
+    /// forward times of earlier `auto` generations on this model (policy.rs), or the measured
+    /// one when learning is off ([`Model::set_cost_learning`]) or nothing was learned yet.
+    pub fn auto_cost_curve(&self) -> Result<CostCurve> {
+        let measured = self.cost_curve()?;
+        if !self.cost_learning() {
+            return Ok(measured);
+        }
+        let learned = self.learned_curve.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(learned.clone().unwrap_or(measured))
+    }
+
+    /// Whether `auto` corrects the cost curve from the forward times it observes (default on).
+    /// Off, `auto` generations decide from the curve as measured and learn nothing; what was
+    /// learned before is kept for when it is turned on again.
+    pub fn set_cost_learning(&self, on: bool) {
+        self.cost_learning.store(on, Ordering::SeqCst);
+    }
+
+    /// The corrected curve `auto` generations have learned so far, if any.
+    pub fn learned_cost_curve(&self) -> Option<CostCurve> {
+        self.learned_curve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// See [`Model::set_cost_learning`].
+    pub fn cost_learning(&self) -> bool {
+        self.cost_learning.load(Ordering::SeqCst)
+    }
+
+    /// Keep an `auto` generation's corrected curve (entries for its block sizes; a generation
+    /// limited to smaller blocks leaves the larger ones as they were).
+    pub(crate) fn store_learned_curve(&self, corrected: &CostCurve) {
+        if !self.cost_learning() {
+            return;
+        }
+        let Ok(measured) = self.cost_curve() else {
+            return;
+        };
+        let mut learned = self.learned_curve.lock().unwrap_or_else(|p| p.into_inner());
+        let base = learned.get_or_insert(measured);
+        base.ntp = corrected.ntp;
+        for b in base.blocks.iter_mut() {
+            if let Some(c) = corrected.blocks.iter().find(|c| c.0 == b.0) {
+                *b = *c;
+            }
+        }
     }
 
     /// Use this cost curve for the `auto` policy instead of measuring one (e.g. one measured
@@ -472,6 +529,8 @@ impl Model {
             providers: used,
             ort_library: lib.clone(),
             cost_curve: OnceLock::new(),
+            learned_curve: Mutex::new(None),
+            cost_learning: AtomicBool::new(true),
             grammar_engine: Mutex::new(None),
             manifest: m,
         };
@@ -581,6 +640,7 @@ impl Model {
             block_sizes: (m.block_sizes.min, m.block_sizes.max),
             gamma: (m.gamma.low, m.gamma.high),
             quantization: m.quantization.clone(),
+            quantization_options: m.quantization_options.clone(),
             chat_template: self.template.is_some(),
             mask_token_id: m.mask_token_id,
         }

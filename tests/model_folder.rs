@@ -352,3 +352,30 @@ fn a_missing_named_library_is_an_error_not_a_fallback() {
         .to_string();
     assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
 }
+
+#[test]
+fn quantization_options_are_read_and_shown() {
+    let (_tmp, dir) = copy_fixture();
+    edit_manifest(&dir, |m| {
+        m["quantization_options"] = serde_json::json!({
+            "method": "MatMulNBits", "bits": 4, "block_size": 32, "symmetric": true,
+            "accuracy_level": 4, "a_later_field": "ignored"
+        });
+    });
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    let info = Model::load(&dir, &opts).unwrap().info();
+    let q = info.quantization_options.expect("recorded options");
+    assert_eq!(q.accuracy_level, Some(4));
+    assert_eq!(
+        q.to_string(),
+        "MatMulNBits, 4-bit, block 32, symmetric, accuracy level 4"
+    );
+    edit_manifest(&dir, |m| {
+        m["quantization_options"]["accuracy_level"] = "four".into()
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("quantization_options.accuracy_level"), "{e}");
+}

@@ -85,6 +85,8 @@ def _cmd_export(a: argparse.Namespace) -> None:
         gammas=a.gammas,
         add_mask_token=a.add_mask_token,
         default_block_size=a.default_block_size,
+        int4_accuracy_level=a.int4_accuracy_level,
+        int4_block_size=a.int4_block_size,
     )
     print(f"wrote {a.out}")
 
@@ -201,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
+    s.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        choices=range(5),
+        default=4,
+        help="int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs), 0 = float (the weights' type)",
+    )
+    s.add_argument("--int4-block-size", type=int, default=32, help="int4: weights per quantization scale")
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--default-block-size", type=int, default=None, help="the runtime's block size for this model")
     s.add_argument("--block-sizes", type=int, nargs="+", default=[2, 16], metavar="K", help="trained range: min max")

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from setblock_export import arch
 from setblock_export.__main__ import main
 from setblock_export.decode import OnnxBackend, Reference, TorchBackend
-from setblock_export.onnx_export import export_folder
+from setblock_export.onnx_export import ExportError, export_folder
 from setblock_export.verify import run_checks
 
 
@@ -160,6 +160,37 @@ def test_int8_quantized_export_holds_integer_matmuls(tmp_path: Path, tokenizer_o
     worst = max(c["max_abs_diff"] for c in run_checks(folder, ckpt)[1:])
     assert worst < 5.0  # int8 cannot meet the float tolerance; verify judges it by top-1 agreement
     assert not list(tmp_path.glob("q8/fp32*"))
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, level: int) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    folder = export_folder(ckpt, tmp_path / "q4", quantize="int4", int4_accuracy_level=level)
+    nodes = [n for n in onnx.load(str(folder / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes, "int4 quantizes the MatMuls"
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        # ONNX leaves an attribute at its default (accuracy_level 0) out
+        assert attrs.get("accuracy_level", 0) == level and attrs["block_size"] == 32 and attrs["bits"] == 4
+    m = json.loads((folder / "setblock.json").read_text())
+    assert m["quantization"] == "int4"
+    assert m["quantization_options"] == {
+        "method": "MatMulNBits",
+        "bits": 4,
+        "block_size": 32,
+        "symmetric": True,
+        "accuracy_level": level,
+    }
+    assert run_checks(folder, ckpt)[0]["top1"] >= 0.5
+
+
+def test_int4_options_out_of_range_are_refused_before_any_work(tmp_path: Path, tokenizer_obj) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    with pytest.raises(ExportError, match="--int4-accuracy-level 5"):
+        export_folder(ckpt, tmp_path / "a", quantize="int4", int4_accuracy_level=5)
+    with pytest.raises(ExportError, match="--int4-block-size 24"):
+        export_folder(ckpt, tmp_path / "b", quantize="int4", int4_block_size=24)
+    assert not list(tmp_path.glob(".a.*")) and not (tmp_path / "a").exists()
 
 
 def cli(*args: str) -> int:
