@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::grammar::Grammar;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
-use crate::policy::{AutoPolicy, Step};
+use crate::policy::{AutoPolicy, Shape, Step};
 use crate::sample::{entropy_confidence, Sampler};
 use crate::select::{select, Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats, StopReason};
@@ -411,7 +411,7 @@ impl Decoder<'_> {
         k: usize,
         rule: Selection,
         max_new: usize,
-        mut policy: Option<AutoPolicy>,
+        mut policy: Option<&mut AutoPolicy>,
         on: &mut dyn FnMut(&Event),
     ) -> Result<Decoded> {
         let mut clock = self.start_clock()?;
@@ -427,9 +427,16 @@ impl Decoder<'_> {
         let mut revealed: Vec<bool> = Vec::with_capacity(k);
         let mut rows: Vec<Option<usize>> = Vec::with_capacity(k);
         while out.len() < max_new {
-            let k = match policy.as_mut().map(AutoPolicy::choose) {
+            let k = match policy.as_deref_mut().map(AutoPolicy::choose) {
                 Some(Step::Ntp) => {
-                    if let Some(reason) = self.ntp_step(&mut out, &mut clock, on)? {
+                    // one pending token: a decode step (not the prompt's prefill), priced
+                    let priced = self.context.len() - self.cache.len() == 1;
+                    let t0 = Instant::now();
+                    let stop = self.ntp_step(&mut out, &mut clock, on)?;
+                    if let (Some(p), true) = (policy.as_deref_mut(), priced) {
+                        p.observe_forward(Shape::Ntp, t0.elapsed().as_secs_f64());
+                    }
+                    if let Some(reason) = stop {
                         return Ok(self.finish(out, reason, clock, on));
                     }
                     continue;
@@ -454,7 +461,16 @@ impl Decoder<'_> {
                 if self.is_cancelled() {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
+                let t0 = Instant::now();
                 let causal = self.pending_into_input();
+                // the shapes the cost curve prices: a block's first forward after a block of
+                // the same size, and its later forwards, all k slots in play
+                let shape = match causal {
+                    _ if end != k => None,
+                    0 => Some(Shape::Next(k)),
+                    c if c == k => Some(Shape::First(k)),
+                    _ => None,
+                };
                 self.input.extend_from_slice(&block[..end]);
                 // Only the still-masked slots are read: the rows of the causal tokens and of
                 // revealed slots skip the vocabulary projection.
@@ -485,6 +501,10 @@ impl Decoder<'_> {
                     );
                     revealed[slot] = true;
                 }
+                // the forward and the work on its logits: what a step of this shape costs
+                if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
+                    p.observe_forward(s, t0.elapsed().as_secs_f64());
+                }
                 if self.grammar.is_some() {
                     rows.clear();
                     rows.resize(end, None);
@@ -497,7 +517,7 @@ impl Decoder<'_> {
                     end = i + 1;
                 }
             }
-            if let Some(p) = policy.as_mut() {
+            if let Some(p) = policy.as_deref_mut() {
                 p.observe(k, end, forwards);
             }
             clock.blocks += 1;

@@ -7,6 +7,13 @@
 //! forward of one token per token. On a CPU a forward of 16-32 tokens can cost 2-4x a forward of
 //! one, so a block size that reveals few tokens per forward is slower than NTP there; on a
 //! memory-bound device (GPU, NPU, large model) the same block is nearly free.
+//!
+//! The curve is measured once, at 128 cached positions, by forwards that commit nothing; a
+//! decode's forwards run at other context lengths, commit their causal tokens and share the CPU
+//! with whatever else runs. So the policy corrects the curve from the forwards it observes
+//! ([`AutoPolicy::observe_forward`]): per forward shape, a running factor between observed and
+//! measured seconds (a shape never observed takes the factor of all observations), and the
+//! [`Model`](crate::Model) keeps the corrected curve for the next generation.
 
 use crate::error::Result;
 
@@ -59,6 +66,53 @@ pub fn candidates(min: usize, max: usize) -> Vec<usize> {
     out
 }
 
+/// The forward shapes of a decode that the curve prices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// An NTP step: one token.
+    Ntp,
+    /// A block's first forward at block size k: the previous block's k tokens, then k slots.
+    First(usize),
+    /// A later forward of a block of size k: k tokens.
+    Next(usize),
+}
+
+/// Weight of one observed forward in the running factors.
+const LEARN: f64 = 0.2;
+/// One observation moves a factor by at most this ratio either way (a forward preempted by
+/// another process must not swing the policy).
+const STEP_LIMIT: f64 = 2.0;
+
+/// Running correction of a [`CostCurve`]: per shape, the log of observed over measured seconds.
+#[derive(Debug, Clone, PartialEq)]
+struct Learned {
+    ntp: Option<f64>,
+    /// Per block size of the curve: (first, next).
+    blocks: Vec<(usize, Option<f64>, Option<f64>)>,
+    /// Over every observation: the factor of a shape not yet observed.
+    all: Option<f64>,
+}
+
+impl Learned {
+    fn new(curve: &CostCurve) -> Self {
+        Learned {
+            ntp: None,
+            blocks: curve.blocks.iter().map(|b| (b.0, None, None)).collect(),
+            all: None,
+        }
+    }
+
+    fn update(slot: &mut Option<f64>, log_ratio: f64) {
+        *slot = Some(match *slot {
+            None => log_ratio,
+            Some(old) => {
+                let lim = STEP_LIMIT.ln() / LEARN;
+                old + LEARN * (log_ratio - old).clamp(-lim, lim)
+            }
+        });
+    }
+}
+
 /// What the policy decided for the next block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -72,6 +126,8 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub struct AutoPolicy {
     curve: CostCurve,
+    /// Corrections from observed forward times; `None` when learning is off.
+    learned: Option<Learned>,
     /// Per candidate k: decayed (tokens, forwards) observed at that block size.
     seen: Vec<(usize, f64, f64)>,
     /// NTP steps taken since the last SBD block (a block is retried after `RETRY` of them).
@@ -85,13 +141,81 @@ const RETRY: usize = 32;
 const DECAY: f64 = 0.8;
 
 impl AutoPolicy {
-    /// A fresh policy over `curve`.
+    /// A fresh policy over `curve`, correcting it from observed forward times.
     pub fn new(curve: CostCurve) -> Self {
         let seen = curve.blocks.iter().map(|b| (b.0, 0.0, 0.0)).collect();
         AutoPolicy {
+            learned: Some(Learned::new(&curve)),
             curve,
             seen,
             ntp_run: 0,
+        }
+    }
+
+    /// A policy that decides from `curve` as measured, ignoring observed forward times.
+    pub fn fixed(curve: CostCurve) -> Self {
+        AutoPolicy {
+            learned: None,
+            ..Self::new(curve)
+        }
+    }
+
+    /// Record one forward of the decode: its shape and its seconds (the whole forward call, as
+    /// the curve timed it). Shapes the curve does not price are ignored.
+    pub fn observe_forward(&mut self, shape: Shape, seconds: f64) {
+        let Some(l) = self.learned.as_mut() else {
+            return;
+        };
+        let measured = match shape {
+            Shape::Ntp => Some(self.curve.ntp),
+            Shape::First(k) | Shape::Next(k) => {
+                self.curve.blocks.iter().find(|b| b.0 == k).map(|b| {
+                    if matches!(shape, Shape::First(_)) {
+                        b.1
+                    } else {
+                        b.2
+                    }
+                })
+            }
+        };
+        let Some(measured) = measured else { return };
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return;
+        }
+        let r = (seconds / measured).ln();
+        match shape {
+            Shape::Ntp => Learned::update(&mut l.ntp, r),
+            Shape::First(k) | Shape::Next(k) => {
+                if let Some(b) = l.blocks.iter_mut().find(|b| b.0 == k) {
+                    let slot = if matches!(shape, Shape::First(_)) {
+                        &mut b.1
+                    } else {
+                        &mut b.2
+                    };
+                    Learned::update(slot, r);
+                }
+            }
+        }
+        Learned::update(&mut l.all, r);
+    }
+
+    /// The curve as corrected so far (the measured one when learning is off or nothing was
+    /// observed).
+    pub fn corrected(&self) -> CostCurve {
+        let Some(l) = &self.learned else {
+            return self.curve.clone();
+        };
+        let f = |own: Option<f64>| own.or(l.all).map_or(1.0, f64::exp);
+        CostCurve {
+            past: self.curve.past,
+            ntp: self.curve.ntp * f(l.ntp),
+            blocks: self
+                .curve
+                .blocks
+                .iter()
+                .zip(&l.blocks)
+                .map(|(&(k, a, b), &(_, la, lb))| (k, a * f(la), b * f(lb)))
+                .collect(),
         }
     }
 
@@ -112,14 +236,14 @@ impl AutoPolicy {
 
     /// The next step: the choice with the highest expected tokens per second.
     pub fn choose(&mut self) -> Step {
-        let best = self
-            .curve
+        let curve = self.corrected();
+        let best = curve
             .blocks
             .iter()
-            .filter_map(|&(k, ..)| Some((k, self.curve.sbd_rate(k, self.tau(k))?)))
+            .filter_map(|&(k, ..)| Some((k, curve.sbd_rate(k, self.tau(k))?)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         match best {
-            Some((k, rate)) if rate > self.curve.ntp_rate() || self.ntp_run >= RETRY => {
+            Some((k, rate)) if rate > curve.ntp_rate() || self.ntp_run >= RETRY => {
                 self.ntp_run = 0;
                 Step::Block(k)
             }
@@ -138,9 +262,14 @@ impl AutoPolicy {
         }
     }
 
-    /// The cost curve it decides from.
+    /// The cost curve it started from.
     pub fn curve(&self) -> &CostCurve {
         &self.curve
+    }
+
+    /// Whether it corrects the curve from observed forwards.
+    pub fn learns(&self) -> bool {
+        self.learned.is_some()
     }
 }
 
@@ -222,6 +351,50 @@ mod tests {
         assert!((r - 8.0 / 4.4).abs() < 1e-12, "{r}");
         assert!(c.sbd_rate(3, 1.0).is_none());
         assert!((c.ntp_rate() - 1.0 / 1.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn observed_forward_times_correct_the_curve() {
+        // blocks reveal one token per forward: on the measured curve NTP wins
+        let mut p = AutoPolicy::new(cpu());
+        for k in [16, 8, 4, 2] {
+            p.observe(k, k, k);
+        }
+        assert_eq!(p.choose(), Step::Ntp);
+        // the device's NTP steps really cost 3x: a uniform slowdown changes no decision
+        for _ in 0..20 {
+            p.observe_forward(Shape::Ntp, 3.0 * cpu().ntp);
+        }
+        assert_eq!(p.choose(), Step::Ntp);
+        let c = p.corrected();
+        assert!((c.ntp / cpu().ntp - 3.0).abs() < 1e-9, "{c:?}");
+        // a block shape never observed takes the factor of all observations
+        assert!((c.blocks[2].2 / cpu().blocks[2].2 - 3.0).abs() < 1e-9);
+        // ...until its own forwards say otherwise: blocks cost what was measured
+        for _ in 0..20 {
+            p.observe_forward(Shape::First(8), cpu().blocks[2].1);
+            p.observe_forward(Shape::Next(8), cpu().blocks[2].2);
+        }
+        let c = p.corrected();
+        assert!((c.blocks[2].1 / cpu().blocks[2].1 - 1.0).abs() < 1e-6);
+        assert!(matches!(p.choose(), Step::Block(_)), "{c:?}");
+        // a fixed policy ignores what it observes
+        let mut f = AutoPolicy::fixed(cpu());
+        f.observe_forward(Shape::Ntp, 100.0);
+        assert_eq!(f.corrected(), cpu());
+        assert!(!f.learns());
+    }
+
+    #[test]
+    fn one_outlier_moves_a_factor_by_a_bounded_ratio() {
+        let mut p = AutoPolicy::new(cpu());
+        p.observe_forward(Shape::Ntp, cpu().ntp);
+        p.observe_forward(Shape::Ntp, 1000.0 * cpu().ntp); // a forward preempted for a while
+        let f = p.corrected().ntp / cpu().ntp;
+        assert!(f > 1.0 && f <= STEP_LIMIT + 1e-9, "{f}");
+        p.observe_forward(Shape::Next(3), 1.0); // not a priced shape: ignored
+        p.observe_forward(Shape::Ntp, f64::NAN);
+        assert_eq!(p.corrected().ntp / cpu().ntp, f);
     }
 
     #[test]

@@ -341,10 +341,18 @@ impl Session {
             (Mode::Ntp, _) | (Mode::Sbd | Mode::Auto, 1) => dec.ntp(opts.max_new_tokens, on_event),
             (Mode::Sbd, _) => dec.sbd(k, rule, opts.max_new_tokens, None, on_event),
             (Mode::Auto, _) => {
-                let mut curve = model.cost_curve()?;
+                let mut curve = model.auto_cost_curve()?;
                 curve.blocks.retain(|b| b.0 <= k);
-                let policy = AutoPolicy::new(curve);
-                dec.sbd(k, rule, opts.max_new_tokens, Some(policy), on_event)
+                let mut policy = if model.cost_learning() {
+                    AutoPolicy::new(curve)
+                } else {
+                    AutoPolicy::fixed(curve)
+                };
+                let r = dec.sbd(k, rule, opts.max_new_tokens, Some(&mut policy), on_event);
+                if policy.learns() {
+                    model.store_learned_curve(&policy.corrected());
+                }
+                r
             }
         };
         self.flag.store(false, Ordering::SeqCst);
