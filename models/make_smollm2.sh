@@ -35,6 +35,10 @@ common=(--checkpoint "$gguf" --add-mask-token --lora-rank 16 --data "$work/mix/t
 run() { # objective
   local name=$1 out="$work/$1"
   if [ -f "$out/adapter_model.safetensors" ]; then return; fi
+  if [ -f "models/smollm2-135m-sbd/adapters/$name/adapter_model.safetensors" ]; then  # finished and committed
+    echo "$name: trained (models/smollm2-135m-sbd/adapters/$name); delete that folder to train it again"
+    return
+  fi
   if [ ! -f "$out/checkpoint/state.pt" ] && [ -f "$keep/$name/state.pt" ]; then  # restore a committed state
     mkdir -p "$out/checkpoint"
     cp "$keep/$name/state.pt" "$out/checkpoint/state.pt"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds models/smollm2-135m-sbd/{fp32,int8}/ (git-ignored) from the pinned SmolLM2-135M-Instruct base
+# Builds models/smollm2-135m-sbd/fp32/ (git-ignored) from the pinned SmolLM2-135M-Instruct base
 # (scripts/fetch-smollm2.sh) and the committed SBD LoRA adapter (models/smollm2-135m-sbd/adapters/sbd,
 # trained by models/make_smollm2.sh): merged, exported, verified. Idempotent: a folder built from
 # the same adapter is kept. ADAPTER=ntp builds the NTP twin into models/smollm2-135m-ntp/.
@@ -19,7 +19,13 @@ gguf=$(scripts/fetch-smollm2.sh)
 stamp=$(sha256sum "$adapter/adapter_model.safetensors" | cut -d' ' -f1)
 k=()
 [ "$name" = sbd ] && k=(--default-block-size 8)
-for q in none int8; do
+# the NTP twin's adapter never saw <|mask|>: its folder gets the token (untrained, unused by NTP
+# decoding) only because a model folder names one
+[ "$name" = ntp ] && k=(--add-mask-token)
+# int8 (dynamic, per tensor) is opt-in, QUANT="none int8": on this model it fails verify (top-1
+# agreement 20-67% against fp32 on random-token checks, 2026-12-06) and its greedy text departs
+# from fp32's within a sentence, so it is not a folder to ship until a better int8 recipe passes.
+for q in ${QUANT:-none}; do
   out=$dest/$([ $q = none ] && echo fp32 || echo int8)
   if [ -f "$out/.adapter-sha256" ] && [ "$(cat "$out/.adapter-sha256")" = "$stamp" ]; then
     continue
@@ -30,4 +36,4 @@ for q in none int8; do
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export verify --folder "$out" --checkpoint "$adapter"
   echo "$stamp" > "$out/.adapter-sha256"
 done
-echo "$dest/fp32 and $dest/int8 are ready: target/release/setblock generate --model $dest/int8 --prompt '...'"
+echo "$dest/fp32 is ready: target/release/setblock generate --model $dest/fp32 --prompt '...'"
