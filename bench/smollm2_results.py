@@ -102,6 +102,8 @@ def section_table(res: dict, limit: int | None) -> None:
         for task, (ntp, sbd) in jobs.items():
             n, s = ntp.result(), sbd.result()
             out["tasks"][task] = {"problems": n[0]["prompts"], "ntp_twin": n[0], "sbd_ntp": s[0], "sbd": s[1:]}
+            res["table"] = out
+            OUT.write_text(json.dumps(res, indent=1))  # task by task: a run cut short keeps them
             print(f"{task}: twin {n[0]['accuracy']:.1f}, " + ", ".join(f"{r['system']} {r['accuracy']:.1f}" for r in s))
     res["table"] = out
 
@@ -321,7 +323,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="onnxruntime-genai head-to-head rounds")
     ap.add_argument("--ppl-windows", type=int, default=48)
-    ap.add_argument("--folder", choices=["fp32", "int8"], default=FOLDER, help="the folders decoded for accuracy")
+    ap.add_argument("--folder", choices=["fp32", "int8"], default="fp32", help="the folders decoded for accuracy")
     a = ap.parse_args()
     global FOLDER  # noqa: PLW0603 - one setting for every section
     FOLDER = a.folder
