@@ -128,6 +128,9 @@ pub struct AutoPolicy {
     curve: CostCurve,
     /// Corrections from observed forward times; `None` when learning is off.
     learned: Option<Learned>,
+    /// `curve` with the corrections applied, refreshed in place as forwards are observed (so
+    /// `choose` allocates nothing).
+    live: CostCurve,
     /// Per candidate k: decayed (tokens, forwards) observed at that block size.
     seen: Vec<(usize, f64, f64)>,
     /// NTP steps taken since the last SBD block (a block is retried after `RETRY` of them).
@@ -146,6 +149,7 @@ impl AutoPolicy {
         let seen = curve.blocks.iter().map(|b| (b.0, 0.0, 0.0)).collect();
         AutoPolicy {
             learned: Some(Learned::new(&curve)),
+            live: curve.clone(),
             curve,
             seen,
             ntp_run: 0,
@@ -197,26 +201,30 @@ impl AutoPolicy {
             }
         }
         Learned::update(&mut l.all, r);
+        self.refresh();
+    }
+
+    /// Recompute `live` from `curve` and the corrections, in place.
+    fn refresh(&mut self) {
+        let Some(l) = &self.learned else { return };
+        let f = |own: Option<f64>| own.or(l.all).map_or(1.0, f64::exp);
+        self.live.ntp = self.curve.ntp * f(l.ntp);
+        for ((live, &(_, a, b)), &(_, la, lb)) in self
+            .live
+            .blocks
+            .iter_mut()
+            .zip(&self.curve.blocks)
+            .zip(&l.blocks)
+        {
+            live.1 = a * f(la);
+            live.2 = b * f(lb);
+        }
     }
 
     /// The curve as corrected so far (the measured one when learning is off or nothing was
     /// observed).
     pub fn corrected(&self) -> CostCurve {
-        let Some(l) = &self.learned else {
-            return self.curve.clone();
-        };
-        let f = |own: Option<f64>| own.or(l.all).map_or(1.0, f64::exp);
-        CostCurve {
-            past: self.curve.past,
-            ntp: self.curve.ntp * f(l.ntp),
-            blocks: self
-                .curve
-                .blocks
-                .iter()
-                .zip(&l.blocks)
-                .map(|(&(k, a, b), &(_, la, lb))| (k, a * f(la), b * f(lb)))
-                .collect(),
-        }
+        self.live.clone()
     }
 
     /// Tokens per forward expected at block size `k`: the observed rate where there is one;
@@ -236,7 +244,7 @@ impl AutoPolicy {
 
     /// The next step: the choice with the highest expected tokens per second.
     pub fn choose(&mut self) -> Step {
-        let curve = self.corrected();
+        let curve = &self.live;
         let best = curve
             .blocks
             .iter()
