@@ -207,12 +207,16 @@ class Reference:
             pending = block
         return Result(out, forwards, per_forward)
 
-    def generate_text(self, prompt: str, *, mode: str, block_size: int, gamma: float, max_new_tokens: int) -> dict:
-        """Render the prompt as is (no chat template), decode, and return a JSON-able summary."""
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's tokens as training lays them out (data.py): BOS first, unless the text
+        already starts with it (a rendered chat prompt: SmolLM2's BOS is <|im_start|>)."""
         ids = self.tok.encode(prompt, add_special_tokens=False).ids
         bos = self.m.get("bos_token_id")
-        if bos is not None:
-            ids = [bos] + ids
+        return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+    def generate_text(self, prompt: str, *, mode: str, block_size: int, gamma: float, max_new_tokens: int) -> dict:
+        """Render the prompt as is (no chat template), decode, and return a JSON-able summary."""
+        ids = self.prompt_ids(prompt)
         if mode == "ntp" or block_size == 1:
             r = self.ntp(ids, max_new_tokens)
         else:
