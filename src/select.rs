@@ -16,6 +16,15 @@ pub enum Selection {
         /// Entropy budget (nats).
         gamma: f64,
     },
+    /// Same budget, slots taken left to right: the leftmost masked slot and then its right
+    /// neighbours while the entropies before the last one sum to at most gamma. The block is
+    /// filled in order, as a next-token decoder would (gamma 0 = one slot per forward, the
+    /// leftmost); a model whose any-order predictions are weaker than its left-to-right ones
+    /// keeps more of its accuracy this way.
+    EbLeftToRight {
+        /// Entropy budget (nats).
+        gamma: f64,
+    },
     /// Fast-dLLM rule: reveal every slot whose confidence is at least `tau` (at least one).
     Threshold {
         /// Confidence threshold in (0, 1].
@@ -39,7 +48,9 @@ impl Selection {
             })
         };
         match *self {
-            Selection::EbEntropy { gamma } | Selection::EbConfidence { gamma }
+            Selection::EbEntropy { gamma }
+            | Selection::EbConfidence { gamma }
+            | Selection::EbLeftToRight { gamma }
                 if gamma.is_nan() || gamma < 0.0 =>
             {
                 bad(
@@ -103,6 +114,10 @@ pub fn select(rule: Selection, scores: &mut [SlotScore]) -> usize {
             scores.sort_by(by_confidence);
             budget(scores, gamma)
         }
+        Selection::EbLeftToRight { gamma } => {
+            scores.sort_by_key(|s| s.slot);
+            budget(scores, gamma)
+        }
         Selection::Threshold { tau } => {
             scores.sort_by(by_confidence);
             scores
@@ -163,6 +178,22 @@ mod tests {
             ),
             5
         );
+    }
+
+    #[test]
+    fn left_to_right_takes_the_leftmost_slot_first_and_stops_at_the_budget() {
+        // slots 2, 0, 3, 1 arrive out of order; the lowest entropy (slot 3) is not taken first
+        let mut s = scores(&[0.3, 0.1, 0.5, 0.0]);
+        s.swap(0, 2);
+        s.swap(1, 3);
+        // in slot order 0.3, 0.1, 0.5, 0.0: 0.3 <= 0.4 -> take 0.1; 0.4 <= 0.4 -> take 0.5; stop
+        assert_eq!(select(Selection::EbLeftToRight { gamma: 0.4 }, &mut s), 3);
+        assert_eq!(s.iter().map(|x| x.slot).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // gamma 0: the leftmost slot alone, however confident its neighbours are
+        let mut s = scores(&[2.0, 0.0, 0.0]);
+        assert_eq!(select(Selection::EbLeftToRight { gamma: 0.0 }, &mut s), 1);
+        assert_eq!(s[0].slot, 0);
+        assert!(Selection::EbLeftToRight { gamma: -0.1 }.validate().is_err());
     }
 
     #[test]

@@ -49,6 +49,24 @@ fn cache_after_sbd_equals_a_fresh_causal_prefill() {
 }
 
 #[test]
+fn left_to_right_reveals_one_slot_per_forward_at_gamma_zero_and_a_block_at_infinity() {
+    let ltr = |gamma| GenerateOptions {
+        selection: Some(Selection::EbLeftToRight { gamma }),
+        ..sbd(8, 0.0, 24)
+    };
+    let mut s = Session::new(common::model()).unwrap();
+    let one = s.generate_tokens(&prompt(), &ltr(0.0), &mut |_| {}).unwrap();
+    assert_eq!(one.tokens.len(), 24);
+    assert_eq!(one.stats.forward_passes, 24);
+    let mut s = Session::new(common::model()).unwrap();
+    let all = s
+        .generate_tokens(&prompt(), &ltr(f64::INFINITY), &mut |_| {})
+        .unwrap();
+    assert_eq!(all.tokens.len(), 24);
+    assert_eq!(all.stats.forward_passes, 3);
+}
+
+#[test]
 fn max_new_tokens_cuts_a_block() {
     let mut s = Session::new(common::model()).unwrap();
     let out = s

@@ -66,6 +66,8 @@ typedef enum sb_selection {
   SB_SELECT_THRESHOLD = 2,
   // Fixed number per forward (uses `top_s`).
   SB_SELECT_TOP_S = 3,
+  // EB budget, slots left to right (uses `gamma`).
+  SB_SELECT_EB_LEFT_TO_RIGHT = 4,
 } sb_selection;
 
 // Options of `sb_model_load`. Start from `sb_load_options_default()`.

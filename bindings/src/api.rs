@@ -121,6 +121,11 @@ pub enum SlotSelection {
         /// Entropy budget.
         gamma: f64,
     },
+    /// EB budget, slots left to right (gamma 0: the leftmost slot per forward).
+    EbLeftToRight {
+        /// Entropy budget.
+        gamma: f64,
+    },
     /// Every slot with confidence >= tau.
     Threshold {
         /// Confidence threshold.
@@ -224,6 +229,7 @@ impl From<&GenerateConfig> for GenerateOptions {
             selection: c.selection.map(|s| match s {
                 SlotSelection::EbEntropy { gamma } => Selection::EbEntropy { gamma },
                 SlotSelection::EbConfidence { gamma } => Selection::EbConfidence { gamma },
+                SlotSelection::EbLeftToRight { gamma } => Selection::EbLeftToRight { gamma },
                 SlotSelection::Threshold { tau } => Selection::Threshold { tau },
                 SlotSelection::TopS { s } => Selection::TopS { s: s as usize },
             }),

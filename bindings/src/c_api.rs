@@ -95,6 +95,8 @@ pub enum sb_selection {
     SB_SELECT_THRESHOLD = 2,
     /// Fixed number per forward (uses `top_s`).
     SB_SELECT_TOP_S = 3,
+    /// EB budget, slots left to right (uses `gamma`).
+    SB_SELECT_EB_LEFT_TO_RIGHT = 4,
 }
 
 /// Options of `sb_generate`. Start from `sb_generate_options_default()`.
@@ -603,6 +605,7 @@ fn config_of(
         sb_selection::SB_SELECT_EB_CONFIDENCE,
         sb_selection::SB_SELECT_THRESHOLD,
         sb_selection::SB_SELECT_TOP_S,
+        sb_selection::SB_SELECT_EB_LEFT_TO_RIGHT,
     ]
     .into_iter()
     .find(|&v| v as c_int == o.selection)
@@ -610,7 +613,7 @@ fn config_of(
         fail(
             SB_ERR_OPTION,
             &format!(
-                "options.selection = {}: must be one of SB_SELECT_EB_ENTROPY (0), SB_SELECT_EB_CONFIDENCE (1), SB_SELECT_THRESHOLD (2), SB_SELECT_TOP_S (3)",
+                "options.selection = {}: must be one of SB_SELECT_EB_ENTROPY (0), SB_SELECT_EB_CONFIDENCE (1), SB_SELECT_THRESHOLD (2), SB_SELECT_TOP_S (3), SB_SELECT_EB_LEFT_TO_RIGHT (4)",
                 o.selection
             ),
         )
@@ -630,6 +633,9 @@ fn config_of(
                 Some(SlotSelection::Threshold { tau: o.threshold })
             }
             (sb_selection::SB_SELECT_TOP_S, _) => Some(SlotSelection::TopS { s: o.top_s }),
+            (sb_selection::SB_SELECT_EB_LEFT_TO_RIGHT, g) => Some(SlotSelection::EbLeftToRight {
+                gamma: g.unwrap_or(model_gamma_low),
+            }),
         },
         temperature: o.temperature,
         top_k: o.top_k,

@@ -65,10 +65,11 @@ fuzz_target!(|input: Input| {
             row.len()
         );
     }
-    let rule = match input.rule % 4 {
+    let rule = match input.rule % 5 {
         0 => Selection::EbEntropy { gamma: input.param },
         1 => Selection::EbConfidence { gamma: input.param },
         2 => Selection::Threshold { tau: input.param },
+        3 => Selection::EbLeftToRight { gamma: input.param },
         _ => Selection::TopS {
             s: usize::from(input.s),
         },

@@ -109,6 +109,8 @@ enum SelectArg {
     Eb,
     /// EB budget, confidence order.
     EbConfidence,
+    /// EB budget, slots left to right (gamma 0 = the leftmost slot per forward).
+    EbLeftToRight,
     /// Reveal every slot with confidence >= --threshold.
     Threshold,
     /// Reveal --top-s slots per forward.
@@ -267,6 +269,7 @@ fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> anyhow::Result<
         selection: Some(match d.selection {
             SelectArg::Eb => Selection::EbEntropy { gamma },
             SelectArg::EbConfidence => Selection::EbConfidence { gamma },
+            SelectArg::EbLeftToRight => Selection::EbLeftToRight { gamma },
             SelectArg::Threshold => Selection::Threshold { tau: d.threshold },
             SelectArg::TopS => Selection::TopS { s: d.top_s },
         }),
