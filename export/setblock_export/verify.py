@@ -2,8 +2,15 @@
 
 Checks: (0) the project's forward against Hugging Face's own forward; (1) a causal prefill;
 (2) an SBD step of k causal tokens plus k block slots, some revealed; (3) a block-only step;
-(4) a 6-step decode through the cache against a no-cache recompute. float32 folders are judged by
-the max abs difference of logits and presents (``tolerance``); quantized ones by top-1 agreement.
+(4) a 6-step decode through the cache against a no-cache recompute; (5) the model's own greedy text:
+PyTorch's greedy continuation of the prompt, read back by the folder in one causal prefill.
+float32 folders are judged by the max abs difference of logits and presents (``tolerance``).
+Quantized ones are judged by top-1 agreement, pooled over the checks, on the rows where the
+reference is decisive: its top logit leads the runner-up by at least ``DECISIVE_MARGIN``; at least
+``MIN_DECISIVE_ROWS`` such rows are needed for a verdict. The random-token inputs of checks 1-4
+give a trained model nearly tied logits on many rows, where any rounding flips the argmax
+(the int4 demo agreed on 50-88% of all rows while keeping 99.7% of its task accuracy), so a
+flip there says nothing about the folder; every row's agreement is printed beside it.
 """
 
 from __future__ import annotations
@@ -21,8 +28,29 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
+# logits: the reference's top-1 must lead its runner-up by this much for a row to judge a quantized folder
+DECISIVE_MARGIN = 1.0
+MIN_DECISIVE_ROWS = 16
+GREEDY_TOKENS = 64
+
+
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def _decisive(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Top-1 agreement on the rows where ``a`` (the reference) is decisive, and how many rows that is."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    top2 = np.sort(a2, axis=-1)[:, -2:]
+    rows = (top2[:, 1] - top2[:, 0]) >= DECISIVE_MARGIN
+    if not rows.any():
+        return 1.0, 0
+    return float((a2[rows].argmax(-1) == b2[rows].argmax(-1)).mean()), int(rows.sum())
+
+
+def _row(name: str, diff: float, ref: np.ndarray, got: np.ndarray) -> dict:
+    agree, n = _decisive(ref, got)
+    return {"check": name, "max_abs_diff": diff, "top1": _agree(ref, got), "top1_decisive": agree, "decisive_rows": n}
 
 
 def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> list[dict]:
@@ -44,13 +72,13 @@ def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> l
     with torch.no_grad():
         hf = torch_ref.backend.model(torch.tensor([prompt])).logits[0].numpy()
     ours, _ = torch_ref.step(torch_ref.empty_cache(), prompt, [])
-    out.append({"check": "forward vs Hugging Face (causal)", "max_abs_diff": _diff(hf, ours), "top1": _agree(hf, ours)})
+    out.append(_row("forward vs Hugging Face (causal)", _diff(hf, ours), hf, ours))
 
     def compare(name: str, cache_t, cache_o, causal, block):  # noqa: ANN001, ANN202
         lt, pt = torch_ref.step(cache_t, causal, block)
         lo, po = onnx_ref.step(cache_o, causal, block)
         d = max([_diff(lt, lo)] + [_diff(a, b) for a, b in zip(pt, po, strict=True)])
-        out.append({"check": name, "max_abs_diff": d, "top1": _agree(lt, lo)})
+        out.append(_row(name, d, lt, lo))
         return pt, po
 
     # (1) causal prefill
@@ -71,12 +99,11 @@ def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> l
         ids, pos, mask = onnx_ref.inputs(co, causal, block)
         rows = np.arange(len(causal), len(causal) + len(block), dtype=np.int64)
         lo, _ = backend(ids, pos, mask, co, rows)
-        d, a = _diff(lt[-k:], lo[0]), _agree(lt[-k:], lo[0])
-        out.append({"check": f"logits_index keeps {k} of {2 * k} rows", "max_abs_diff": d, "top1": a})
+        out.append(_row(f"logits_index keeps {k} of {2 * k} rows", _diff(lt[-k:], lo[0]), lt[-k:], lo[0]))
     # (4) 6-step decode through the cache vs no-cache recompute (ONNX cache vs PyTorch full prefix)
     seq = list(prompt)
     cache = onnx_ref.commit(e, po, len(prompt))
-    worst, agree = 0.0, []
+    worst, refs, gots = 0.0, [], []
     logits, _ = onnx_ref.step(e, prompt, [])
     for _ in range(6):
         t = int(logits[-1].argmax())
@@ -85,8 +112,18 @@ def run_checks(folder: Path, checkpoint: Path | None = None, seed: int = 0) -> l
         cache = onnx_ref.commit(cache, pres, 1)
         full, _ = torch_ref.step(e, seq, [])
         worst = max(worst, _diff(full[-1], logits[-1]))
-        agree.append(float(full[-1].argmax() == logits[-1].argmax()))
-    out.append({"check": "6-step cached decode vs recompute", "max_abs_diff": worst, "top1": float(np.mean(agree))})
+        refs.append(full[-1])
+        gots.append(logits[-1])
+    out.append(_row("6-step cached decode vs recompute", worst, np.stack(refs), np.stack(gots)))
+    # (5) the model's own greedy text (PyTorch), read back by the folder in one prefill
+    text = list(prompt)
+    for _ in range(min(GREEDY_TOKENS, m["max_positions"] - len(prompt) - 1)):
+        lt, _ = torch_ref.step(e, text, [])
+        text.append(int(lt[-1].argmax()))
+    lt, _ = torch_ref.step(e, text, [])
+    lo, _ = onnx_ref.step(e, text, [])
+    n = len(prompt) - 1
+    out.append(_row(f"own greedy text ({len(text) - len(prompt)} tokens)", _diff(lt[n:], lo[n:]), lt[n:], lo[n:]))
     return out
 
 
@@ -95,12 +132,30 @@ def verify_folder(folder: Path, checkpoint: Path | None, tolerance: float = 1e-3
     m = json.loads((Path(folder) / "setblock.json").read_text())
     quantized = m.get("quantization", "none") != "none"
     ok = True
+    rows, agreeing = 0, 0.0
     for r in run_checks(folder, checkpoint):
         is_hf = r["check"].startswith("forward vs")
-        passed = r["max_abs_diff"] <= tolerance if (not quantized or is_hf) else r["top1"] >= min_agreement
-        ok &= passed
-        status = "ok  " if passed else "FAIL"
-        print(f"{status} {r['check']:40s} max abs diff {r['max_abs_diff']:.2e}  top-1 {r['top1']:.0%}")
-    crit = f"top-1 agreement >= {min_agreement:.0%}" if quantized else f"max abs diff <= {tolerance:g}"
+        if quantized and not is_hf:  # pooled below
+            rows += r["decisive_rows"]
+            agreeing += r["top1_decisive"] * r["decisive_rows"]
+            status = "    "
+        else:
+            passed = r["max_abs_diff"] <= tolerance
+            ok &= passed
+            status = "ok  " if passed else "FAIL"
+        print(
+            f"{status} {r['check']:40s} max abs diff {r['max_abs_diff']:.2e}  top-1 {r['top1']:.0%}"
+            f"  decisive rows {r['decisive_rows']}: top-1 {r['top1_decisive']:.0%}"
+        )
+    if quantized:
+        pooled = agreeing / rows if rows else 0.0
+        enough = rows >= MIN_DECISIVE_ROWS
+        ok &= enough and pooled >= min_agreement
+        print(
+            f"{'ok  ' if enough and pooled >= min_agreement else 'FAIL'} top-1 agreement on {rows} decisive rows "
+            f"(reference's top logit ahead by >= {DECISIVE_MARGIN:g}): {pooled:.1%}"
+            + ("" if enough else f" (fewer than {MIN_DECISIVE_ROWS} rows: no verdict)")
+        )
+    crit = f"decisive top-1 agreement >= {min_agreement:.0%}" if quantized else f"max abs diff <= {tolerance:g}"
     print(("verified" if ok else "verification FAILED") + f" ({crit})")
     return ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -15,7 +16,7 @@ from setblock_export import arch
 from setblock_export.__main__ import main
 from setblock_export.decode import OnnxBackend, Reference, TorchBackend
 from setblock_export.onnx_export import ExportError, export_folder
-from setblock_export.verify import run_checks
+from setblock_export.verify import _decisive, run_checks, verify_folder
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3"])
@@ -182,6 +183,27 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
         "accuracy_level": level,
     }
     assert run_checks(folder, ckpt)[0]["top1"] >= 0.5
+
+
+def test_decisive_agreement_counts_only_rows_where_the_reference_leads() -> None:
+    ref = np.array([[5.0, 0.0, 0.0], [1.0, 1.2, 0.0], [0.0, 0.0, 3.0]])
+    got = np.array([[0.0, 5.0, 0.0], [1.3, 1.2, 0.0], [0.0, 0.0, 2.0]])
+    # row 0 decisive and flipped, row 1 a near tie (ignored), row 2 decisive and kept
+    assert _decisive(ref, got) == (0.5, 2)
+
+
+def test_quantized_verify_fails_a_folder_of_other_weights_and_gives_no_verdict_without_decisive_rows(
+    tmp_path: Path, tokenizer_obj, capsys
+) -> None:
+    # std 1.0 weights give decisive logits: a folder of seed 1's weights disagrees with seed 0's
+    a = make_checkpoint(tmp_path / "a", "llama", tokenizer_obj, std=1.0)
+    b = make_checkpoint(tmp_path / "b", "llama", tokenizer_obj, std=1.0, seed=1)
+    assert verify_folder(export_folder(a, tmp_path / "qa", quantize="int8"), a)
+    assert not verify_folder(export_folder(b, tmp_path / "qb", quantize="int8"), a)
+    # near-zero weights tie every row: no verdict, never a vacuous pass
+    flat = make_checkpoint(tmp_path / "flat", "llama", tokenizer_obj, std=1e-4)
+    assert not verify_folder(export_folder(flat, tmp_path / "qf", quantize="int8"), flat)
+    assert "no verdict" in capsys.readouterr().out
 
 
 def test_int4_options_out_of_range_are_refused_before_any_work(tmp_path: Path, tokenizer_obj) -> None:
