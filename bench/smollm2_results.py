@@ -11,7 +11,10 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
   manifest's gamma low and high. Accuracy and forwards do not depend on machine load, so the two
   models run side by side, one thread each.
 - ``sweep``: the gamma sweep of the SBD model (the first ``--sweep-limit`` problems per task), for
-  the accuracy-against-forwards plot.
+  the accuracy-against-forwards plot (docs/results-smollm2.png).
+- ``sweep-ltr``: the same sweep with the slots taken left to right (``--selection eb-left-to-right``)
+  instead of in entropy order, on the first ``--ltr-limit`` problems per task: whether the order of
+  reveals or the model's multi-slot predictions limit SBD's accuracy.
 - ``reference``: the Python reference decoder (export/setblock_export/decode.py, ONNX backend) on a
   sample, from the prompt as the training mix rendered it, against ``setblock generate`` from the
   user text through the model's chat template: same tokens and forwards.
@@ -53,7 +56,7 @@ SBD = ROOT / "models" / "smollm2-135m-sbd"
 NTP = ROOT / "models" / "smollm2-135m-ntp"
 ADAPTERS = SBD / "adapters"
 SWEEP = [0.0, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0, 2.0]
-SECTIONS = ["table", "sweep", "reference", "speed", "ppl", "general", "report"]
+SECTIONS = ["table", "sweep", "sweep-ltr", "reference", "speed", "ppl", "general", "report"]
 BLOCK = 8
 # The folder the accuracy figures use: fp32, because the int8 export of this model fails verify
 # (scripts/smollm2-sbd.sh); `--folder int8` measures one built with QUANT="none int8".
@@ -118,6 +121,20 @@ def section_sweep(res: dict, limit: int) -> None:
             for t, f in files.items()
         }
         res["sweep"] = {"problems_per_task": limit, "gammas": gs, "tasks": {t: j.result() for t, j in jobs.items()}}
+
+
+LTR_GAMMAS = [0.0, 0.1, 0.35, 1.0]
+
+
+def section_sweep_ltr(res: dict, limit: int) -> None:
+    """Both orders of reveal on the same problems (a paired comparison)."""
+    files = prompt_files(limit)
+    for key, rule in (("sweep_left_to_right", "eb-left-to-right"), ("sweep_entropy_paired", "eb")):
+        extra = ("--block-size", str(BLOCK), "--selection", rule, "--gammas", ",".join(map(str, LTR_GAMMAS)))
+        with ThreadPoolExecutor(2) as pool:
+            jobs = {t: pool.submit(bench, SBD / FOLDER, f, 1, *extra) for t, f in files.items()}
+            tasks = {t: j.result() for t, j in jobs.items()}
+        res[key] = {"problems_per_task": limit, "gammas": LTR_GAMMAS, "tasks": tasks}
 
 
 def generate(model: Path, prompt: str, *extra: str) -> dict:
@@ -257,6 +274,68 @@ def section_general(res: dict) -> None:
     print(f"general: {same}/{len(rows)} equal, {tokens / max(forwards, 1):.2f} tokens/forward")
 
 
+def sweep_lines(res: dict) -> list[str]:
+    """The gamma sweeps as a table: accuracy (forward reduction) per task, entropy order and left to right."""
+    lines: list[str] = []
+    orders = (
+        ("sweep", "entropy order (EB-Sampler)"),
+        ("sweep_entropy_paired", "entropy order (EB-Sampler), the left-to-right sweep's problems"),
+        ("sweep_left_to_right", "left to right"),
+    )
+    for key, order in orders:
+        sw = res.get(key)
+        if not sw:
+            continue
+        tasks = list(sw["tasks"])
+        lines += [f"## Gamma sweep, slots in {order} ({sw['problems_per_task']} problems per task, block {BLOCK})", ""]
+        lines += ["| decoding | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        for i, r0 in enumerate(sw["tasks"][tasks[0]]):
+            cells = [sw["tasks"][t][i] for t in tasks]
+            body = " | ".join(f"{c['accuracy']:.0f} ({c['forward_reduction_vs_ntp']:.2f}x)" for c in cells)
+            lines.append(f"| {r0['system']} | {body} |")
+        lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards.", ""]
+    return lines
+
+
+def plot(res: dict) -> None:
+    """docs/results-smollm2.png: accuracy against forward reduction per task, both orders of reveal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sw = res["sweep"]
+    tasks = list(sw["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), sharey=True)
+    for ax, task in zip(axes, tasks, strict=True):
+        for key, label in (
+            ("sweep", "SBD, entropy order"),
+            ("sweep_entropy_paired", "SBD, entropy order"),
+            ("sweep_left_to_right", "SBD, left to right"),
+        ):
+            rows = [r for r in res.get(key, {}).get("tasks", {}).get(task, []) if r["system"] != "ntp"]
+            if not rows:
+                continue
+            n = res[key]["problems_per_task"]
+            xs = [r["forward_reduction_vs_ntp"] for r in rows]
+            ys = [r["accuracy"] for r in rows]
+            ax.plot(xs, ys, "o-", label=f"{label} ({n} problems)")
+            for x, y, r in zip(xs, ys, rows, strict=True):
+                ax.annotate(r["system"].split("=")[-1], (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        ntp = next(r for r in sw["tasks"][task] if r["system"] == "ntp")
+        ax.axhline(ntp["accuracy"], color="gray", ls="--", label="SBD model, NTP decoding")
+        twin = res.get("table", {}).get("tasks", {}).get(task, {}).get("ntp_twin")
+        if twin:
+            ax.axhline(twin["accuracy"], color="black", ls=":", label="NTP twin (table's problems)")
+        ax.set_title(task)
+        ax.set_xlabel("forward-pass reduction vs NTP (x)")
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("SmolLM2-135M SBD: accuracy vs forward-pass reduction (gamma sweep, fp32, block 8)")
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "results-smollm2.png", dpi=110)
+
+
 def report(res: dict) -> None:
     lines = ["# SmolLM2-135M-Instruct as an SBD model: results", ""]
     lines.append("Regenerated by `.venv/bin/python bench/smollm2_results.py` (sections below); figures from")
@@ -282,6 +361,10 @@ def report(res: dict) -> None:
         for i, g in enumerate((t["gamma_low"], t["gamma_high"])):
             row(f"SBD, gamma = {g}", lambda r, i=i: (r["sbd"][i]["accuracy"], r["sbd"][i]["forward_reduction_vs_ntp"]))
         lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards.", ""]
+    lines += sweep_lines(res)
+    if "sweep" in res:
+        plot(res)
+        lines += ["![accuracy against forward reduction](results-smollm2.png)", ""]
     for key, title in (("reference", "Reference decoder agreement"), ("general", "General instructions")):
         if key in res:
             summary = {k: v for k, v in res[key].items() if k != "rows"}
@@ -318,6 +401,7 @@ def main() -> None:
     ap.add_argument("sections", nargs="*", default=SECTIONS[:-1], choices=SECTIONS)
     ap.add_argument("--limit", type=int, default=None, help="problems per task for the table (default: all 300)")
     ap.add_argument("--sweep-limit", type=int, default=100)
+    ap.add_argument("--ltr-limit", type=int, default=20, help="problems per task for sweep-ltr")
     ap.add_argument("--reference-n", type=int, default=10, help="problems per task for the reference check")
     ap.add_argument("--speed-per-task", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2)
@@ -333,6 +417,8 @@ def main() -> None:
             section_table(res, a.limit)
         elif s == "sweep":
             section_sweep(res, a.sweep_limit)
+        elif s == "sweep-ltr":
+            section_sweep_ltr(res, a.ltr_limit)
         elif s == "reference":
             section_reference(res, a.reference_n)
         elif s == "speed":
