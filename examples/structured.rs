@@ -30,6 +30,39 @@ struct Args {
     /// Write the results here.
     #[arg(long)]
     json: Option<String>,
+    /// A JSONL file of field-extraction requests (`{"task": "extract", "question": ...}` rows,
+    /// as SmolLM2-135M-SBD's held-out mix has them: runs/smollm2/mix/test.jsonl): adds the
+    /// "extract fields" schema, decoded on these requests instead of the word problems.
+    #[arg(long)]
+    extract: Option<String>,
+}
+
+/// The schema of the SmolLM2 mix's `extract` task (export/setblock_export/mix.py): a person or
+/// an order, fields in the order the task writes them.
+const EXTRACT_SCHEMA: &str = r#"{"anyOf": [
+  {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+   "job": {"type": "string", "maxLength": 40}, "city": {"type": "string", "maxLength": 40}},
+   "required": ["name", "age", "job", "city"], "additionalProperties": false},
+  {"type": "object", "properties": {"order_id": {"type": "string", "pattern": "^[A-Z][0-9]{4}$"}, "product": {"type": "string", "maxLength": 40},
+   "quantity": {"type": "integer", "minimum": 1, "maximum": 999}, "unit_price": {"type": "number", "minimum": 0},
+   "city": {"type": "string", "maxLength": 40}},
+   "required": ["order_id", "product", "quantity", "unit_price", "city"], "additionalProperties": false}]}"#;
+
+/// The `extract` rows of a mix file, their user text.
+fn extract_requests(path: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(path)?.lines() {
+        let row: serde_json::Value = serde_json::from_str(line)?;
+        if row["task"] == "extract" {
+            let q = row["question"].as_str().or(row["user"].as_str());
+            out.push(
+                q.ok_or_else(|| anyhow::anyhow!("{path}: an extract row without a question"))?
+                    .to_string(),
+            );
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "{path} has no extract rows");
+    Ok(out)
 }
 
 fn constraints() -> Vec<(&'static str, Constraint)> {
@@ -97,7 +130,15 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     println!("| constraint | run | valid | tokens/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, c) in constraints() {
+    let extract = a.extract.as_deref().map(extract_requests).transpose()?;
+    let mut all = constraints();
+    if extract.is_some() {
+        all.push((
+            "extract fields",
+            Constraint::JsonSchema(EXTRACT_SCHEMA.into()),
+        ));
+    }
+    for (name, c) in all {
         for (run, mode, with, forced) in runs {
             let mut s = Sum::default();
             for i in 0..a.prompts {
@@ -109,7 +150,11 @@ fn main() -> anyhow::Result<()> {
                     forced_tokens: forced,
                     ..GenerateOptions::default()
                 };
-                let out = Session::new(model.clone())?.generate(&prompt(i), &o, |_| {})?;
+                let text = match (&extract, name) {
+                    (Some(x), "extract fields") => x[i % x.len()].clone(),
+                    _ => prompt(i),
+                };
+                let out = Session::new(model.clone())?.generate(&text, &o, |_| {})?;
                 let st = &out.stats;
                 s.n += 1;
                 s.valid += usize::from(satisfies(&model, &c, &out.tokens)?);
