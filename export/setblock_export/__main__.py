@@ -94,7 +94,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
 def _cmd_verify(a: argparse.Namespace) -> None:
     from .verify import verify_folder
 
-    ok = verify_folder(a.folder, a.checkpoint, tolerance=a.tolerance, min_agreement=a.min_agreement)
+    ok = verify_folder(a.folder, a.checkpoint, tolerance=a.tolerance, min_agreement=a.min_agreement, max_kl=a.max_kl)
     if not ok:
         sys.exit(1)
 
@@ -222,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=Path, default=None, help="HF checkpoint (default: the folder's source)")
     s.add_argument("--tolerance", type=float, default=1e-3)
     s.add_argument("--min-agreement", type=float, default=0.9, help="top-1 agreement needed for quantized folders")
+    s.add_argument(
+        "--max-kl",
+        type=float,
+        default=0.1,
+        help="quantized folders: the largest mean KL divergence (nats) from the reference on the model's own text",
+    )
     s.set_defaults(fn=_cmd_verify)
 
     s = sub.add_parser("decode", help="the reference decoder (NTP or SBD with the EB-Sampler)")
