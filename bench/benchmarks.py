@@ -1,10 +1,14 @@
 """Issue 6's benchmarks: this runtime (NTP, SBD, auto) against onnxruntime-genai, forward cost
 curves with the roofline, the runtime's overhead, memory against max context.
 
-    .venv/bin/python bench/benchmarks.py [--quick] [--only head|head-wide|curves|memory|sbd-large|sbd-wide]
+    .venv/bin/python bench/benchmarks.py [--quick] [--only head|head-int4|head-wide|curves|memory|sbd-large|sbd-wide]
+
+``head-int4``: the same head to head at int4: onnxruntime-genai's own int4 CPU build of the demo
+checkpoint against this runtime's int4 export of it (``--quantize int4``, accuracy level 4).
 
 Needs `cargo build --release`, `models/demo` (+ its checkpoint runs/sbd-stage3 for the
-onnxruntime-genai builder), runs/data/test.jsonl, and for the curves the models of
+onnxruntime-genai builder, or where that is gone its weights rebuilt from models/demo by
+bench/onnx_to_checkpoint.py, which this script runs), runs/data/test.jsonl, and for the curves the models of
 bench/make_bench_models.py. Writes docs/benchmarks.json and docs/benchmarks.png; every figure is
 a ratio measured in one run (systems interleaved), since these machines are shared and noisy.
 """
@@ -26,15 +30,26 @@ BENCH_MODELS = ROOT / "runs" / "bench"
 
 
 def run_measured(cmd: list[str]) -> tuple[str, int]:
-    """stdout and the peak resident memory (KiB) of the child process."""
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
+    """stdout and the peak resident memory (KiB) of the child process.
+
+    Measured by GNU time (``/usr/bin/time -f %M``) where it is installed: ``wait4``'s figure is the
+    child's high-water mark, which keeps what the child held before ``exec``, a copy of this
+    (Python) process: 1,529 MiB for every system once this process had loaded torch."""
+    timer = Path("/usr/bin/time")
+    full = [str(timer), "-f", "SETBLOCK_MAXRSS_KIB=%M", *cmd] if timer.exists() else cmd
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errf:  # files: a full pipe would block
+        p = subprocess.Popen(full, stdout=out, stderr=errf)
         _, status, usage = os.wait4(p.pid, 0)
-        err = p.stderr.read().decode() if p.stderr else ""
+        errf.seek(0)
+        err = errf.read().decode(errors="replace")
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
         out.seek(0)
-        return out.read().decode(), usage.ru_maxrss
+        rss = usage.ru_maxrss
+        for line in err.splitlines():
+            if line.startswith("SETBLOCK_MAXRSS_KIB="):
+                rss = int(line.split("=", 1)[1])
+        return out.read().decode(), rss
 
 
 def bench_cmd(model: Path, prompts: Path, threads: int, *extra: str) -> list[str]:
@@ -57,8 +72,9 @@ def prompts_file(n_per_task: int) -> Path:
     return f
 
 
-def genai_model(checkpoint: Path, out: Path) -> Path:
-    """onnxruntime-genai's own export of ``checkpoint`` (its model builder, fp32, CPU)."""
+def genai_model(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
+    """onnxruntime-genai's own export of ``checkpoint`` (its model builder, CPU; ``precision`` fp32
+    or int4: its int4 is MatMulNBits, block 32, accuracy level 4 on the CPU, head included)."""
     if not out.exists():
         subprocess.run(
             [
@@ -70,7 +86,7 @@ def genai_model(checkpoint: Path, out: Path) -> Path:
                 "-o",
                 str(out),
                 "-p",
-                "fp32",
+                precision,
                 "-e",
                 "cpu",
                 "-c",
@@ -82,19 +98,47 @@ def genai_model(checkpoint: Path, out: Path) -> Path:
     return out
 
 
+def demo_checkpoint() -> Path:
+    """The demo's training checkpoint (runs/sbd-stage3, from models/make_demo.sh) or, where it is not
+    on this machine, its weights rebuilt from models/demo by bench/onnx_to_checkpoint.py."""
+    trained = ROOT / "runs" / "sbd-stage3"
+    if (trained / "config.json").exists():
+        return trained
+    rebuilt = ROOT / "runs" / "demo-checkpoint"
+    if not (rebuilt / "config.json").exists():
+        script = ROOT / "bench" / "onnx_to_checkpoint.py"
+        subprocess.run([sys.executable, str(script), str(ROOT / "models" / "demo"), str(rebuilt)], check=True)
+    return rebuilt
+
+
+def demo_int4(level: int = 4) -> Path:
+    """This runtime's int4 export of the demo checkpoint (MatMulNBits, block 32, ``level``), verified."""
+    out = BENCH_MODELS / ("demo-int4" if level == 4 else f"demo-int4-l{level}")
+    if not (out / "setblock.json").exists():
+        ckpt = str(demo_checkpoint())
+        exp = [sys.executable, "-m", "setblock_export", "export", "--checkpoint", ckpt, "--out", str(out)]
+        exp += ["--quantize", "int4", "--int4-accuracy-level", str(level), "--block-sizes", "2", "16"]
+        exp += ["--default-block-size", "8", "--gammas", "0.01", "0.05"]
+        subprocess.run(exp, check=True, cwd=ROOT / "export")
+        ver = [sys.executable, "-m", "setblock_export", "verify", "--folder", str(out), "--checkpoint", ckpt]
+        subprocess.run(ver, check=True, cwd=ROOT / "export")
+    return out
+
+
 def head_to_head(
     n_per_task: int,
     rounds: int,
     threads: int,
-    checkpoint: Path = ROOT / "runs" / "sbd-stage3",
+    checkpoint: Path | None = None,
     genai_dir: Path = BENCH_MODELS / "genai-demo",
     ours: Path = ROOT / "models" / "demo",
     sbd: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """onnxruntime-genai NTP vs this runtime (NTP, and with ``sbd`` SBD low/high gamma and auto)
-    on the same checkpoint: the demo model by default."""
+    on the same checkpoint: the demo model by default; ``precision`` is genai's build of it."""
     prompts = prompts_file(n_per_task)
-    genai_model(checkpoint, genai_dir)
+    genai_model(checkpoint or demo_checkpoint(), genai_dir, precision)
     ours_cmd = bench_cmd(ours, prompts, threads, "--auto" if sbd else "--ntp-only")
     ntp_cmd = bench_cmd(ours, prompts, threads, "--ntp-only")
     genai_cmd = [
@@ -148,7 +192,14 @@ def head_to_head(
                 "all_rounds_tokens_per_s": [r[0][i]["decode_tokens_per_s"] for r in o],
             }
         )
-    return {"prompts": 3 * n_per_task, "rounds": rounds, "threads": threads, "systems": systems}
+    return {
+        "prompts": 3 * n_per_task,
+        "rounds": rounds,
+        "threads": threads,
+        "genai_precision": precision,
+        "ours": str(ours.relative_to(ROOT)),
+        "systems": systems,
+    }
 
 
 def curves(reps: int, past: str) -> dict:
@@ -254,7 +305,8 @@ def sbd_wide(folder: Path, n_per_task: int, threads: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer prompts and reps (a smoke run)")
-    ap.add_argument("--only", nargs="+", default=["head", "head-wide", "curves", "memory", "sbd-large", "sbd-wide"])
+    sections = ["head", "head-int4", "head-wide", "curves", "memory", "sbd-large", "sbd-wide"]
+    ap.add_argument("--only", nargs="+", default=sections, choices=sections)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     res = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -264,6 +316,16 @@ def main() -> None:
 
     if "head" in a.only:
         res["head_to_head"] = head_to_head(10 if a.quick else 100, 1 if a.quick else 3, a.threads)
+        save()
+    if "head-int4" in a.only:
+        res["head_to_head_int4"] = head_to_head(
+            10 if a.quick else 100,
+            1 if a.quick else 3,
+            a.threads,
+            genai_dir=BENCH_MODELS / "genai-demo-int4",
+            ours=demo_int4(),
+            precision="int4",
+        )
         save()
     if "curves" in a.only:
         res["cost_curves"] = curves(3 if a.quick else 10, "0,128,384")  # the demo holds 512 positions

@@ -174,7 +174,8 @@ def merged_checkpoint(name: str) -> Path:
     return out
 
 
-def section_speed(res: dict, per_task: int, repeat: int, rounds: int) -> None:
+def section_speed(res: dict, per_task: int, repeat: int, rounds: int, only: list[str] | None = None) -> None:
+    """``only``: measure these folders again, keeping the other folders' figures."""
     low, high = gammas()
     rows = []
     for f in prompt_files(per_task).values():
@@ -182,22 +183,29 @@ def section_speed(res: dict, per_task: int, repeat: int, rounds: int) -> None:
     prompts = WORK / f"speed-{per_task}.jsonl"
     prompts.write_text("\n".join(rows) + "\n")
     out: dict = {"prompts": len(rows), "threads": 2, "repeat": repeat, "block_size": BLOCK, "folders": {}}
-    for folder in [f for f in ("int8", "fp32") if (SBD / f / ".adapter-sha256").exists()]:
+    if only:
+        out = res.get("speed", out)
+    built = [f for f in ("int8", "int4", "fp32") if (SBD / f / ".adapter-sha256").exists() and f in (only or [f])]
+    for folder in built:
         extra = ["--auto", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", f"{low},{high}"]
         out["folders"][folder] = bench(SBD / folder, prompts, 2, *extra)
         print(folder, [(r["system"], round(r["decode_tokens_per_s"], 1)) for r in out["folders"][folder]])
-    genai_dir = genai_model(merged_checkpoint("sbd"), WORK / "genai-sbd-fp32")
-    genai_cmd = [sys.executable, str(ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
-    genai_cmd += ["--threads", "2", "--rendered"]
-    ours_cmd = [str(EXE), "bench", "--model", str(SBD / "fp32"), "--prompts", str(prompts), "--threads", "2"]
-    ours_cmd += ["--json", "--ntp-only"]
-    h2h: dict[str, list] = {"genai": [], "ours": []}
-    for _ in range(rounds):
-        o, rss = run_measured(genai_cmd)
-        h2h["genai"].append({**{k: v for k, v in json.loads(o).items() if k != "texts"}, "peak_rss_mib": rss / 1024})
-        o, rss = run_measured(ours_cmd)
-        h2h["ours"].append({**json.loads(o)[0], "peak_rss_mib": rss / 1024})
-    out["genai_fp32_ntp"] = h2h
+    for precision in [p for p in ("fp32", "int4") if p in built]:
+        # onnxruntime-genai's own build of the merged weights at this precision, against our folder's NTP
+        genai_dir = genai_model(merged_checkpoint("sbd"), WORK / f"genai-sbd-{precision}", precision)
+        genai_cmd = [sys.executable, str(ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
+        genai_cmd += ["--threads", "2", "--rendered"]
+        ours_cmd = [str(EXE), "bench", "--model", str(SBD / precision), "--prompts", str(prompts), "--threads", "2"]
+        ours_cmd += ["--json", "--ntp-only"]
+        h2h: dict[str, list] = {"genai": [], "ours": []}
+        for _ in range(rounds):
+            o, rss = run_measured(genai_cmd)
+            row = {k: v for k, v in json.loads(o).items() if k != "texts"}
+            h2h["genai"].append({**row, "peak_rss_mib": rss / 1024})
+            o, rss = run_measured(ours_cmd)
+            h2h["ours"].append({**json.loads(o)[0], "peak_rss_mib": rss / 1024})
+        out[f"genai_{precision}_ntp"] = h2h
+        print(precision, {k: [round(r["decode_tokens_per_s"], 1) for r in v] for k, v in h2h.items()})
     res["speed"] = out
 
 
@@ -387,10 +395,14 @@ def report(res: dict) -> None:
                     f"| {folder} | {r['system']} | {r['decode_tokens_per_s']:.1f} | {r['tokens_per_forward']:.2f} "
                     f"| {r['mean_ttft_ms']:.1f} | {r['accuracy']:.1f} |"
                 )
-        for name, runs in s.get("genai_fp32_ntp", {}).items():
-            tps = sorted(r["decode_tokens_per_s"] for r in runs)
-            med = tps[len(tps) // 2]
-            lines.append(f"| fp32 | {name} NTP (median of {len(runs)} rounds) | {med:.1f} | 1.00 | - | - |")
+        for precision in ("fp32", "int4"):
+            for name, runs in s.get(f"genai_{precision}_ntp", {}).items():
+                med = sorted(runs, key=lambda r: r["decode_tokens_per_s"])[len(runs) // 2]
+                lines.append(
+                    f"| {precision} | {name} NTP (median of {len(runs)} rounds, peak RSS "
+                    f"{max(r['peak_rss_mib'] for r in runs):.0f} MiB) | {med['decode_tokens_per_s']:.1f} | 1.00 "
+                    f"| {med['mean_ttft_ms']:.1f} | {med['accuracy']:.1f} |"
+                )
         lines.append("")
     (ROOT / "docs" / "results-smollm2.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -405,6 +417,7 @@ def main() -> None:
     ap.add_argument("--reference-n", type=int, default=10, help="problems per task for the reference check")
     ap.add_argument("--speed-per-task", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--speed-folders", nargs="+", choices=["int8", "int4", "fp32"], help="speed: only these folders")
     ap.add_argument("--rounds", type=int, default=3, help="onnxruntime-genai head-to-head rounds")
     ap.add_argument("--ppl-windows", type=int, default=48)
     ap.add_argument("--folder", choices=["fp32", "int8"], default="fp32", help="the folders decoded for accuracy")
@@ -422,7 +435,7 @@ def main() -> None:
         elif s == "reference":
             section_reference(res, a.reference_n)
         elif s == "speed":
-            section_speed(res, a.speed_per_task, a.repeat, a.rounds)
+            section_speed(res, a.speed_per_task, a.repeat, a.rounds, a.speed_folders)
         elif s == "ppl":
             section_ppl(res, a.ppl_windows, 512)
         elif s == "general":
