@@ -160,6 +160,10 @@ pub struct QuantizationOptions {
     /// activations (the fastest on CPUs).
     #[serde(default)]
     pub accuracy_level: Option<u32>,
+    /// How the output head was stored (`int4`: a head tied to the embedding quantized too;
+    /// absent in folders exported before 2026-12-06, whose tied head stayed float32).
+    #[serde(default)]
+    pub head: Option<String>,
 }
 
 impl std::fmt::Display for QuantizationOptions {
@@ -176,6 +180,9 @@ impl std::fmt::Display for QuantizationOptions {
         }
         if let Some(a) = self.accuracy_level {
             write!(f, ", accuracy level {a}")?;
+        }
+        if let Some(h) = &self.head {
+            write!(f, ", head {h}")?;
         }
         Ok(())
     }

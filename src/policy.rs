@@ -133,13 +133,30 @@ pub struct AutoPolicy {
     live: CostCurve,
     /// Per candidate k: decayed (tokens, forwards) observed at that block size.
     seen: Vec<(usize, f64, f64)>,
-    /// NTP steps taken since the last SBD block (a block is retried after `RETRY` of them).
+    /// NTP steps taken since the last SBD block (a block is retried after `retry_after` of them).
     ntp_run: usize,
+    /// NTP steps before the next retry of a block: `RETRY`, doubled after each retry that did not
+    /// pay (up to `RETRY_MAX`), back to `RETRY` when one does.
+    retry_after: usize,
+    /// The block in flight was a retry, not a block predicted to pay.
+    probing: bool,
+}
+
+/// What an `auto` generation learned of the text, for the next generation of the same session:
+/// per block size the decayed (tokens, forwards) observed, and the retry interval. Without it
+/// every generation starts optimistic and tries each block size again, which on a device where
+/// blocks cannot pay (int4 on a CPU) costs more than it ever wins back on short answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoMemory {
+    seen: Vec<(usize, f64, f64)>,
+    retry_after: usize,
 }
 
 /// NTP steps after which the best SBD block size is tried again (the text may have become
 /// more predictable).
 const RETRY: usize = 32;
+/// The longest interval between retries.
+const RETRY_MAX: usize = 1024;
 /// Weight of the past per observed block: recent blocks count more.
 const DECAY: f64 = 0.8;
 
@@ -153,6 +170,26 @@ impl AutoPolicy {
             curve,
             seen,
             ntp_run: 0,
+            retry_after: RETRY,
+            probing: false,
+        }
+    }
+
+    /// Start from what an earlier generation learned (its block sizes that this one also has).
+    pub fn remember(&mut self, memory: &AutoMemory) {
+        for s in self.seen.iter_mut() {
+            if let Some(m) = memory.seen.iter().find(|m| m.0 == s.0) {
+                *s = *m;
+            }
+        }
+        self.retry_after = memory.retry_after;
+    }
+
+    /// What this generation learned, for the next one.
+    pub fn memory(&self) -> AutoMemory {
+        AutoMemory {
+            seen: self.seen.clone(),
+            retry_after: self.retry_after,
         }
     }
 
@@ -251,7 +288,8 @@ impl AutoPolicy {
             .filter_map(|&(k, ..)| Some((k, curve.sbd_rate(k, self.tau(k))?)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         match best {
-            Some((k, rate)) if rate > curve.ntp_rate() || self.ntp_run >= RETRY => {
+            Some((k, rate)) if rate > curve.ntp_rate() || self.ntp_run >= self.retry_after => {
+                self.probing = rate <= curve.ntp_rate();
                 self.ntp_run = 0;
                 Step::Block(k)
             }
@@ -267,6 +305,17 @@ impl AutoPolicy {
         if let Some(s) = self.seen.iter_mut().find(|s| s.0 == k) {
             s.1 = s.1 * DECAY + tokens as f64;
             s.2 = s.2 * DECAY + forwards as f64;
+        }
+        if std::mem::take(&mut self.probing) {
+            let pays = self
+                .live
+                .sbd_rate(k, self.tau(k))
+                .is_some_and(|r| r > self.live.ntp_rate());
+            self.retry_after = if pays {
+                RETRY
+            } else {
+                (self.retry_after * 2).min(RETRY_MAX)
+            };
         }
     }
 
@@ -348,7 +397,31 @@ mod tests {
         for _ in 1..RETRY {
             assert_eq!(p.choose(), Step::Ntp);
         }
+        let Step::Block(k) = p.choose() else {
+            panic!("a retry was due")
+        };
+        // a retry that does not pay doubles the wait before the next one
+        p.observe(k, k, k);
+        for _ in 0..2 * RETRY {
+            assert_eq!(p.choose(), Step::Ntp);
+        }
         assert!(matches!(p.choose(), Step::Block(_)));
+    }
+
+    #[test]
+    fn the_next_generation_starts_from_what_this_one_learned() {
+        let mut p = AutoPolicy::new(cpu());
+        for k in [16, 8, 4, 2] {
+            p.observe(k, k, k);
+        }
+        let memory = p.memory();
+        // a fresh policy is optimistic about untried sizes...
+        assert!(matches!(AutoPolicy::new(cpu()).choose(), Step::Block(_)));
+        // ...one that remembers starts with NTP
+        let mut q = AutoPolicy::new(cpu());
+        q.remember(&memory);
+        assert_eq!(q.choose(), Step::Ntp);
+        assert_eq!(q.memory(), memory);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::grammar::Grammar;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
-use crate::policy::AutoPolicy;
+use crate::policy::{AutoMemory, AutoPolicy};
 use crate::sample::{Sampler, Sampling};
 use crate::select::{Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats};
@@ -105,7 +105,14 @@ pub struct Session {
     scores: Vec<SlotScore>,
     flag: Arc<AtomicBool>,
     run: Arc<RunOptions>,
+    /// What `auto` generations learned of the text (tokens per forward per block size, retry
+    /// interval), per selection rule (the last `AUTO_MEMORIES` rules used): the next `auto`
+    /// generation with the same rule starts from it instead of trying every block size again.
+    auto_memory: Vec<(Selection, AutoMemory)>,
 }
+
+/// Selection rules whose `auto` memory a session keeps.
+const AUTO_MEMORIES: usize = 4;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,6 +136,7 @@ impl Session {
             scores: Vec::new(),
             flag: Arc::new(AtomicBool::new(false)),
             run: Arc::new(RunOptions::new()?),
+            auto_memory: Vec::new(),
         })
     }
 
@@ -145,7 +153,8 @@ impl Session {
         }
     }
 
-    /// Forget the conversation (the cache memory stays allocated).
+    /// Forget the conversation (the cache memory stays allocated). What `auto` learned of the
+    /// model's tokens per forward is kept: the next conversation is likely the same kind of text.
     pub fn reset(&mut self) {
         self.cache.reset();
         self.context.clear();
@@ -348,10 +357,18 @@ impl Session {
                 } else {
                     AutoPolicy::fixed(curve)
                 };
+                if let Some((_, m)) = self.auto_memory.iter().find(|(r, _)| *r == rule) {
+                    policy.remember(m);
+                }
                 let r = dec.sbd(k, rule, opts.max_new_tokens, Some(&mut policy), on_event);
                 if policy.learns() {
                     model.store_learned_curve(&policy.corrected());
                 }
+                self.auto_memory.retain(|(r, _)| *r != rule);
+                if self.auto_memory.len() == AUTO_MEMORIES {
+                    self.auto_memory.remove(0);
+                }
+                self.auto_memory.push((rule, policy.memory()));
                 r
             }
         };
