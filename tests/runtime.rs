@@ -55,7 +55,9 @@ fn left_to_right_reveals_one_slot_per_forward_at_gamma_zero_and_a_block_at_infin
         ..sbd(8, 0.0, 24)
     };
     let mut s = Session::new(common::model()).unwrap();
-    let one = s.generate_tokens(&prompt(), &ltr(0.0), &mut |_| {}).unwrap();
+    let one = s
+        .generate_tokens(&prompt(), &ltr(0.0), &mut |_| {})
+        .unwrap();
     assert_eq!(one.tokens.len(), 24);
     assert_eq!(one.stats.forward_passes, 24);
     let mut s = Session::new(common::model()).unwrap();
