@@ -1,7 +1,9 @@
 """Issue 6's benchmarks: this runtime (NTP, SBD, auto) against onnxruntime-genai, forward cost
 curves with the roofline, the runtime's overhead, memory against max context.
 
-    .venv/bin/python bench/benchmarks.py [--quick] [--only head|head-int4|head-wide|curves|memory|sbd-large|sbd-wide]
+    .venv/bin/python bench/benchmarks.py [--quick] [--only SECTION ...]
+
+Sections: head, head-int4, head-wide, head-wide-int4, curves, memory, sbd-large, sbd-wide.
 
 ``head-int4``: the same head to head at int4: onnxruntime-genai's own int4 CPU build of the demo
 checkpoint against this runtime's int4 export of it (``--quantize int4``, accuracy level 4).
@@ -305,7 +307,7 @@ def sbd_wide(folder: Path, n_per_task: int, threads: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer prompts and reps (a smoke run)")
-    sections = ["head", "head-int4", "head-wide", "curves", "memory", "sbd-large", "sbd-wide"]
+    sections = ["head", "head-int4", "head-wide", "head-wide-int4", "curves", "memory", "sbd-large", "sbd-wide"]
     ap.add_argument("--only", nargs="+", default=sections, choices=sections)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
@@ -350,6 +352,17 @@ def main() -> None:
             BENCH_MODELS / "genai-demo-wide",
             BENCH_MODELS / "demo-wide-fp32",
             sbd=False,
+        )
+        save()
+    if "head-wide-int4" in a.only and (BENCH_MODELS / "demo-wide-int4").exists():
+        res["head_to_head_wide_int4"] = head_to_head(
+            5 if a.quick else 30,
+            1 if a.quick else 3,
+            a.threads,
+            BENCH_MODELS / "demo-wide-ckpt",
+            BENCH_MODELS / "genai-demo-wide-int4",
+            BENCH_MODELS / "demo-wide-int4",
+            precision="int4",
         )
         save()
     if "sbd-wide" in a.only:

@@ -7,7 +7,8 @@
   ``<|mask|>`` added (the weights are not SBD-trained: these serve the cost curve only).
 - ``llama400m-fp32``, ``llama400m-int8``: a random-weight Llama of about 400M parameters
   (hidden 1024, 24 layers, 16 heads, 4 KV heads, MLP 2816, SmolLM2's 49k vocabulary), seed 0.
-- ``demo-wide-fp32``, ``demo-wide-int8``, ``demo-wide-int4``: the SBD-trained demo model (``runs/sbd-stage3``) embedded
+- ``demo-wide-fp32``, ``demo-wide-int8``, ``demo-wide-int4``: the SBD-trained demo model (``runs/sbd-stage3``, or
+  where it is gone its weights rebuilt from models/demo: ``benchmarks.demo_checkpoint``) embedded
   in a network of SmolLM2-135M's size (hidden 576, 30 layers, 18 heads, 9 KV heads, MLP 1536;
   110M parameters): the extra widths, heads, neurons and layers hold random weights whose
   contribution is multiplied by exact zeros (zero output-projection rows and columns), and the
@@ -181,21 +182,30 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    groups = ["smollm2", "llama400m", "demo-wide"]
+    ap.add_argument("--only", nargs="+", choices=groups, default=groups, help="build only these models")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    gguf = smollm2_gguf(a.out)
-    for q in ("none", "int8"):
-        dest = a.out / f"smollm2-{'fp32' if q == 'none' else q}"
-        if not dest.exists():
-            export_folder(gguf, dest, quantize=q, add_mask_token=True)
-            print("wrote", dest)
-    ckpt = random_llama(a.out / "llama400m-ckpt", a.out / "smollm2-fp32")
-    for q in ("none", "int8"):
-        dest = a.out / f"llama400m-{'fp32' if q == 'none' else q}"
-        if not dest.exists():
-            export_folder(ckpt, dest, quantize=q)
-            print("wrote", dest)
-    wide = widen(ROOT / "runs" / "sbd-stage3", a.out / "demo-wide-ckpt")
+    if "smollm2" in a.only or "llama400m" in a.only:
+        gguf = smollm2_gguf(a.out)
+        for q in ("none", "int8"):
+            dest = a.out / f"smollm2-{'fp32' if q == 'none' else q}"
+            if not dest.exists():
+                export_folder(gguf, dest, quantize=q, add_mask_token=True)
+                print("wrote", dest)
+    if "llama400m" in a.only:
+        ckpt = random_llama(a.out / "llama400m-ckpt", a.out / "smollm2-fp32")
+        for q in ("none", "int8"):
+            dest = a.out / f"llama400m-{'fp32' if q == 'none' else q}"
+            if not dest.exists():
+                export_folder(ckpt, dest, quantize=q)
+                print("wrote", dest)
+    if "demo-wide" not in a.only:
+        return
+    sys.path.insert(0, str(ROOT / "bench"))
+    from benchmarks import demo_checkpoint
+
+    wide = widen(demo_checkpoint(), a.out / "demo-wide-ckpt")
     demo = json.loads((ROOT / "models" / "demo" / "setblock.json").read_text())
     for q in ("none", "int8", "int4"):
         dest = a.out / f"demo-wide-{'fp32' if q == 'none' else q}"
