@@ -92,3 +92,27 @@ fn a_measured_curve_is_positive_and_kept_with_the_model() {
     let fresh = Model::load(common::fixture(), &LoadOptions::default()).unwrap();
     assert!(fresh.set_cost_curve(bad).is_err());
 }
+
+#[test]
+fn a_session_keeps_what_auto_learned_so_its_next_generation_does_not_try_blocks_again() {
+    // blocks pay only if they reveal several tokens per forward: an untried size is optimistic
+    // and gets tried; at gamma 0 it reveals one slot per forward and loses to NTP
+    let m = model_with(CostCurve {
+        past: 0,
+        ntp: 1.0,
+        blocks: [2, 4, 8].iter().map(|&k| (k, 3.0, 2.0)).collect(),
+    });
+    m.set_cost_learning(false); // decide from the curve as set, not from the fixture's real times
+    let mut s = Session::new(m.clone()).unwrap();
+    let prompt = &common::golden()[0].prompt;
+    let first = s.generate(prompt, &opts(Mode::Auto, 0.0), |_| {}).unwrap();
+    assert!(first.stats.sbd_blocks > 0, "a fresh session tries a block");
+    s.reset();
+    let second = s.generate(prompt, &opts(Mode::Auto, 0.0), |_| {}).unwrap();
+    assert_eq!(second.stats.sbd_blocks, 0, "24 tokens, fewer than a retry needs");
+    assert_eq!(second.stats.forward_passes, second.tokens.len());
+    // another rule has no memory yet; a new session starts optimistic again
+    let other = s.generate(prompt, &opts(Mode::Auto, 1e-9), |_| {}).unwrap();
+    assert!(other.stats.sbd_blocks > 0);
+    assert!(run(&m, Mode::Auto, 0.0).stats.sbd_blocks > 0);
+}
