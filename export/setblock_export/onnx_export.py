@@ -329,9 +329,9 @@ def _quantize(src: Path, dst: Path, quant: Quantization) -> None:
         raise ExportError(f"--quantize {kind}: choose none, int8 or int4")
 
 
-def _materialize_transposed_weights(model: onnx.ModelProto) -> int:
+def _materialize_transposed_weights(model: onnx.ModelProto) -> None:
     """Replace each ``Transpose`` of an initializer that only feeds ``MatMul`` weights with the
-    transposed initializer itself; returns how many.
+    transposed initializer itself (the original is dropped when nothing else reads it).
 
     A head tied to the embedding is exported as ``MatMul(x, Transpose(embedding))``. The quantizer
     only takes a MatMul whose weight is an initializer, so that head stayed float32: on
@@ -347,7 +347,6 @@ def _materialize_transposed_weights(model: onnx.ModelProto) -> int:
     for n in g.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
-    done = 0
     for n in list(g.node):
         if n.op_type != "Transpose" or n.input[0] not in inits:
             continue
@@ -363,5 +362,5 @@ def _materialize_transposed_weights(model: onnx.ModelProto) -> int:
         for u in feeds:
             u.input[1] = name
         g.node.remove(n)
-        done += 1
-    return done
+        if users[n.input[0]] == [n]:  # read by nothing else (an untied head): not kept twice
+            g.initializer.remove(inits[n.input[0]])

@@ -218,6 +218,27 @@ def test_quantized_verify_fails_a_folder_of_other_weights_and_gives_no_verdict_w
     assert "no verdict" in capsys.readouterr().out
 
 
+def test_a_transposed_weight_becomes_an_initializer_and_an_unshared_original_is_dropped() -> None:
+    from onnx import helper, numpy_helper
+
+    from setblock_export.onnx_export import _materialize_transposed_weights
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"]), helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph)
+    _materialize_transposed_weights(model)
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]
+    (init,) = model.graph.initializer  # the original, read by nothing else, is gone
+    assert init.name == "w.transposed" and (numpy_helper.to_array(init) == w.T).all()
+    assert list(model.graph.node[0].input) == ["x", "w.transposed"]
+
+
 def test_int4_options_out_of_range_are_refused_before_any_work(tmp_path: Path, tokenizer_obj) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
     with pytest.raises(ExportError, match="--int4-accuracy-level 5"):
