@@ -343,28 +343,22 @@ def main() -> None:
             if (BENCH_MODELS / name).exists():
                 res["sbd_large"][name] = {s: sbd_large(BENCH_MODELS / name, s, 8, 2) for s in (2, 4)}
         save()
-    if "head-wide" in a.only and (BENCH_MODELS / "demo-wide-fp32").exists():
-        res["head_to_head_wide"] = head_to_head(
-            5 if a.quick else 30,
-            1 if a.quick else 3,
-            a.threads,
-            BENCH_MODELS / "demo-wide-ckpt",
-            BENCH_MODELS / "genai-demo-wide",
-            BENCH_MODELS / "demo-wide-fp32",
-            sbd=False,
-        )
-        save()
-    if "head-wide-int4" in a.only and (BENCH_MODELS / "demo-wide-int4").exists():
-        res["head_to_head_wide_int4"] = head_to_head(
-            5 if a.quick else 30,
-            1 if a.quick else 3,
-            a.threads,
-            BENCH_MODELS / "demo-wide-ckpt",
-            BENCH_MODELS / "genai-demo-wide-int4",
-            BENCH_MODELS / "demo-wide-int4",
-            precision="int4",
-        )
-        save()
+    # demo-wide against genai's build of the same checkpoint: fp32 (NTP only) and int4 (with SBD, auto)
+    for precision, sbd in (("fp32", False), ("int4", True)):
+        suffix = "" if precision == "fp32" else "-int4"
+        ours = BENCH_MODELS / f"demo-wide-{precision}"
+        if f"head-wide{suffix}" in a.only and ours.exists():
+            res[f"head_to_head_wide{suffix.replace('-', '_')}"] = head_to_head(
+                5 if a.quick else 30,
+                1 if a.quick else 3,
+                a.threads,
+                BENCH_MODELS / "demo-wide-ckpt",
+                BENCH_MODELS / f"genai-demo-wide{suffix}",
+                ours,
+                sbd=sbd,
+                precision=precision,
+            )
+            save()
     if "sbd-wide" in a.only:
         res["sbd_wide"] = {}
         for name in ("demo-wide-int8", "demo-wide-fp32", "demo-wide-int4"):

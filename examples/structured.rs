@@ -51,17 +51,30 @@ const EXTRACT_SCHEMA: &str = r#"{"anyOf": [
 /// The `extract` rows of a mix file, their user text.
 fn extract_requests(path: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    for line in std::fs::read_to_string(path)?.lines() {
-        let row: serde_json::Value = serde_json::from_str(line)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--extract {path}: cannot read it ({e})"))?;
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!("--extract {path}, line {}: not a JSON object ({e})", n + 1)
+        })?;
         if row["task"] == "extract" {
             let q = row["question"].as_str().or(row["user"].as_str());
             out.push(
-                q.ok_or_else(|| anyhow::anyhow!("{path}: an extract row without a question"))?
+                q.ok_or_else(|| {
+                    anyhow::anyhow!("--extract {path}, line {}: an extract row without \"question\" or \"user\" text", n + 1)
+                })?
                     .to_string(),
             );
         }
     }
-    anyhow::ensure!(!out.is_empty(), "{path} has no extract rows");
+    anyhow::ensure!(
+        !out.is_empty(),
+        "--extract {path} has no rows with \"task\": \"extract\" (runs/smollm2/mix/test.jsonl has them)"
+    );
     Ok(out)
 }
 
