@@ -109,7 +109,10 @@ fn a_session_keeps_what_auto_learned_so_its_next_generation_does_not_try_blocks_
     assert!(first.stats.sbd_blocks > 0, "a fresh session tries a block");
     s.reset();
     let second = s.generate(prompt, &opts(Mode::Auto, 0.0), |_| {}).unwrap();
-    assert_eq!(second.stats.sbd_blocks, 0, "24 tokens, fewer than a retry needs");
+    assert_eq!(
+        second.stats.sbd_blocks, 0,
+        "24 tokens, fewer than a retry needs"
+    );
     assert_eq!(second.stats.forward_passes, second.tokens.len());
     // another rule has no memory yet; a new session starts optimistic again
     let other = s.generate(prompt, &opts(Mode::Auto, 1e-9), |_| {}).unwrap();
