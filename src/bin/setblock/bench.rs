@@ -1,7 +1,7 @@
 //! `setblock bench` (NTP against SBD over a prompt file) and `setblock bench-forward` (the cost of
 //! one forward against its width).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -63,6 +63,12 @@ pub(crate) struct BenchForwardArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+    /// A second model folder to time against the first, forward for forward (A, B, then B, A
+    /// in the next round, so that machine noise hits both alike): per point both medians and
+    /// the median of the per-round ratios B / A. For graph rewrites and quantization options
+    /// whose difference is smaller than the drift between two separate runs.
+    #[arg(long)]
+    against: Option<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
@@ -380,6 +386,9 @@ fn read_bandwidth(threads: usize) -> f64 {
 }
 
 pub(crate) fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
+    if let Some(b) = &a.against {
+        return bench_against(&a, b);
+    }
     let model = load(&a.model)?;
     let threads = a
         .model
@@ -472,6 +481,110 @@ pub(crate) fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
         blocks.join(", ")
     );
     Ok(())
+}
+
+/// `bench-forward --against B`: the two models' forwards interleaved, per (past, tokens).
+fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
+    let first = load(&a.model)?;
+    let second = load(&ModelArgs {
+        model: Some(other.to_path_buf()),
+        ..a.model.clone()
+    })?;
+    let (ia, ib) = (first.info(), second.info());
+    if (ia.layers, ia.vocab_size) != (ib.layers, ib.vocab_size) {
+        anyhow::bail!(
+            "--against {}: {} layers and {} tokens against {} and {}; compare two exports of one model",
+            other.display(),
+            ib.layers,
+            ib.vocab_size,
+            ia.layers,
+            ia.vocab_size
+        );
+    }
+    let reps = a.reps.max(1);
+    let longest = a.tokens.iter().copied().max().unwrap_or(1);
+    let bar = ProgressBar::new((a.past.len() * reps) as u64);
+    let mut rows = Vec::new();
+    for &past in &a.past {
+        let mut pa = first.probe(past, longest)?;
+        let mut pb = second.probe(past, longest)?;
+        let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); a.tokens.len()];
+        for &n in &a.tokens {
+            pa.time(n, 1)?;
+            pb.time(n, 1)?;
+        }
+        for rep in 0..reps {
+            for (t, &n) in times.iter_mut().zip(&a.tokens) {
+                if rep % 2 == 0 {
+                    t.0.push(pa.time(n, 1)?);
+                    t.1.push(pb.time(n, 1)?);
+                } else {
+                    t.1.push(pb.time(n, 1)?);
+                    t.0.push(pa.time(n, 1)?);
+                }
+            }
+            bar.inc(1);
+        }
+        for ((ta, tb), &n) in times.iter_mut().zip(&a.tokens) {
+            let mut ratios: Vec<f64> = ta.iter().zip(tb.iter()).map(|(x, y)| y / x).collect();
+            rows.push(serde_json::json!({
+                "past": past, "tokens": n, "a_ms": median(ta) * 1e3, "b_ms": median(tb) * 1e3,
+                "b_over_a": median(&mut ratios),
+            }));
+        }
+    }
+    bar.finish_and_clear();
+    if a.json {
+        let dir = |m: &ModelArgs| m.model.as_ref().map(|p| p.display().to_string());
+        let v = serde_json::json!({
+            "a": dir(&a.model), "b": other.display().to_string(), "reps": reps, "points": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header([
+        "past",
+        "tokens",
+        "A median ms",
+        "B median ms",
+        "B / A (median of rounds)",
+    ]);
+    for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        table.add_row([
+            r["past"].to_string(),
+            r["tokens"].to_string(),
+            format!("{:.3}", f("a_ms")),
+            format!("{:.3}", f("b_ms")),
+            format!("{:.3}", f("b_over_a")),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "A = {}, B = {}; {reps} interleaved rounds, the logits of the last row kept",
+        a.model
+            .model
+            .as_ref()
+            .map_or("the demo model".into(), |p| p.display().to_string()),
+        other.display()
+    );
+    Ok(())
+}
+
+/// The median of `v` (sorted in place); NaN when empty.
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
 }
 
 #[cfg(feature = "serve")]
