@@ -188,7 +188,8 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
     # the tied head (MatMul of the transposed embedding) is quantized too: no float MatMul is left
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     assert not [n for n in graph.node if n.op_type in ("MatMul", "Transpose")]
-    assert len(nodes) == 2 * 6 + 1  # per layer Q|K, V, O, gate, up, down; and the head
+    # per layer Q|K with V, O, gate with up, down (sibling products merged); and the head
+    assert len(nodes) == 2 * 4 + 1
 
 
 def test_decisive_agreement_counts_only_rows_where_the_reference_leads() -> None:
@@ -301,3 +302,41 @@ def test_failure_mid_export_leaves_nothing(tmp_path: Path, tokenizer_obj, monkey
     with pytest.raises(RuntimeError, match="disk full"):
         export_folder(ckpt, tmp_path / "out", quantize="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_matmuls_sharing_an_input_become_one_product_and_a_split_with_the_same_outputs() -> None:
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from setblock_export.onnx_export import fuse_sibling_matmuls
+
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = (rng.normal(size=s).astype(np.float32) for s in ((4, 3), (4, 5), (5, 2)))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("MatMul", ["x", "w2"], ["b"]),
+        helper.make_node("MatMul", ["b", "w3"], ["c"]),  # another input: left alone
+        helper.make_node("Add", ["a", "a"], ["a2"]),
+    ]
+    f = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [f("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [f("a2", onnx.TensorProto.FLOAT, [2, 3]), f("c", onnx.TensorProto.FLOAT, [2, 2])],
+        [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    feeds = {"x": rng.normal(size=(2, 4)).astype(np.float32)}
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    want = run(model)
+    assert fuse_sibling_matmuls(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMul") == 2 and ops.count("Split") == 1
+    assert {i.name for i in model.graph.initializer} >= {"w3"} and "w1" not in {i.name for i in model.graph.initializer}
+    for got, ref in zip(run(model), want, strict=True):
+        assert np.abs(got - ref).max() < 1e-5
+    assert fuse_sibling_matmuls(model) == 0  # nothing left to merge
