@@ -164,6 +164,10 @@ pub struct QuantizationOptions {
     /// absent in folders exported before 2026-12-06, whose tied head stayed float32).
     #[serde(default)]
     pub head: Option<String>,
+    /// How the input embedding was stored (`int4`: read from the tied head's int4 weights by
+    /// `GatherBlockQuantized`; absent where it stayed float32, as before 2026-12-06).
+    #[serde(default)]
+    pub embedding: Option<String>,
 }
 
 impl std::fmt::Display for QuantizationOptions {
@@ -183,6 +187,9 @@ impl std::fmt::Display for QuantizationOptions {
         }
         if let Some(h) = &self.head {
             write!(f, ", head {h}")?;
+        }
+        if let Some(e) = &self.embedding {
+            write!(f, ", embedding {e}")?;
         }
         Ok(())
     }

@@ -183,6 +183,7 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
         "symmetric": True,
         "accuracy_level": level,
         "head": "int4",
+        "embedding": "int4",
     }
     assert run_checks(folder, ckpt)[0]["top1"] >= 0.5
     # the tied head (MatMul of the transposed embedding) is quantized too: no float MatMul is left
@@ -190,6 +191,14 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
     assert not [n for n in graph.node if n.op_type in ("MatMul", "Transpose")]
     # per layer Q|K with V, O, gate with up, down (sibling products merged); and the head
     assert len(nodes) == 2 * 4 + 1
+    # the tied embedding is read from the head's int4 weights: no float copy of it is left
+    (emb,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in emb.attribute}
+    assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["quantize_axis"] == 1
+    assert not [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    width = json.loads((ckpt / "config.json").read_text())["hidden_size"]
+    floats = [list(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert not [d for d in floats if len(d) == 2 and d[1] == width and d[0] >= m["vocab_size"]]
 
 
 def test_decisive_agreement_counts_only_rows_where_the_reference_leads() -> None:
