@@ -318,9 +318,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&acc)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header([
+    let mut table = markdown_table([
         "system",
         "forwards",
         "tokens/forward",
@@ -435,9 +433,7 @@ pub(crate) fn bench_forward(a: BenchForwardArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header([
+    let mut table = markdown_table([
         "past",
         "tokens",
         "median ms (logits of 1 row)",
@@ -542,9 +538,7 @@ fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header([
+    let mut table = markdown_table([
         "past",
         "tokens",
         "A median ms",
@@ -571,6 +565,14 @@ fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
         other.display()
     );
     Ok(())
+}
+
+/// An empty markdown table with this header (every table the bench commands print).
+fn markdown_table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header(header);
+    table
 }
 
 /// The median of `v` (sorted in place); NaN when empty.
