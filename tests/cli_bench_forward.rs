@@ -7,8 +7,26 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The CLI binary, under the cargo target runner when the suite runs cross-built under
+/// qemu-user (scripts/aarch64.sh exports it; this process inherits it).
+fn setblock() -> Command {
+    let exe = env!("CARGO_BIN_EXE_setblock");
+    let runner = cfg!(all(target_arch = "aarch64", target_os = "linux"))
+        .then(|| std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER").ok())
+        .flatten();
+    match runner {
+        Some(r) => {
+            let mut words = r.split_whitespace();
+            let mut c = Command::new(words.next().unwrap_or("qemu-aarch64"));
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
 fn bench_forward(against: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_setblock"))
+    setblock()
         .current_dir(root())
         .args([
             "bench-forward",
