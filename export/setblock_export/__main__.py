@@ -87,6 +87,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
         default_block_size=a.default_block_size,
         int4_accuracy_level=a.int4_accuracy_level,
         int4_block_size=a.int4_block_size,
+        merge_products=not a.no_merge_products,
     )
     print(f"wrote {a.out}")
 
@@ -211,6 +212,11 @@ def parser() -> argparse.ArgumentParser:
         help="int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs), 0 = float (the weights' type)",
     )
     s.add_argument("--int4-block-size", type=int, default=32, help="int4: weights per quantization scale")
+    s.add_argument(
+        "--no-merge-products",
+        action="store_true",
+        help="keep Q|K, V, gate and up as separate MatMuls (the graph before the merge, to time against it)",
+    )
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--default-block-size", type=int, default=None, help="the runtime's block size for this model")
     s.add_argument("--block-sizes", type=int, nargs="+", default=[2, 16], metavar="K", help="trained range: min max")

@@ -93,6 +93,15 @@ def fuse_skip_norms(graph: onnx.GraphProto) -> int:
     return len(fused)
 
 
+def _consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Per tensor name, the nodes that read it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def fuse_sibling_matmuls(model: onnx.ModelProto) -> int:
     """Merge the ``MatMul`` nodes that read the same activation with 2-D initializer weights into
     one ``MatMul`` over the weights side by side, followed by a ``Split`` that yields the original
@@ -108,16 +117,13 @@ def fuse_sibling_matmuls(model: onnx.ModelProto) -> int:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    readers = _consumers(g)
     groups: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx") or len(n.input) != 2:
             continue
         w = inits.get(n.input[1])
-        if w is None or len(w.dims) != 2 or readers.get(n.input[1]) != 1:
+        if w is None or len(w.dims) != 2 or len(readers[n.input[1]]) != 1:
             continue
         groups.setdefault(n.input[0], []).append(n)
     first: dict[int, list[onnx.NodeProto]] = {}
@@ -165,13 +171,16 @@ def export_folder(
     default_block_size: int | None = None,
     int4_accuracy_level: int = 4,
     int4_block_size: int = 32,
+    merge_products: bool = True,
 ) -> Path:
     """Export ``checkpoint`` to the model folder ``out``.
 
     ``int4_accuracy_level`` (``--quantize int4``): the compute type of MatMulNBits on the CPU,
     0 (the weights' float type), 1 fp32, 2 fp16, 3 bf16 or 4 (int8 activations: the fastest on
     x86-64 and Arm CPUs; ONNX Runtime falls back where a kernel lacks it). ``int4_block_size``: weights
-    per quantization scale, a power of two >= 16. Both are recorded in the manifest."""
+    per quantization scale, a power of two >= 16. Both are recorded in the manifest.
+    ``merge_products``: merge the matrix products that share an input (:func:`fuse_sibling_matmuls`;
+    never for int8); off gives the graph before the merge, to time against it."""
     out = Path(out)
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
@@ -203,7 +212,7 @@ def export_folder(
     tmp.chmod(0o755)
     try:
         q = Quantization(quantize, int4_accuracy_level, int4_block_size)
-        _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, q, bs, gm, default_block_size)
+        _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, q, bs, gm, default_block_size, merge_products)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -309,16 +318,16 @@ class Quantization:
         return None
 
 
-def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, gm, default_k) -> None:  # noqa: ANN001, PLR0913
+def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, gm, default_k, merge) -> None:  # noqa: ANN001, PLR0913
     cfg = model.config
     layers, heads, kv_heads, head_dim = arch.dims(cfg)
     graph = tmp / "model.onnx"
     quantize = quant.kind
     if quantize == "none":
-        weights = _export_graph(model, graph)
+        weights = _export_graph(model, graph, fuse_matmuls=merge)
     else:
         raw = tmp / "fp32.onnx"
-        _export_graph(model, raw, fuse_matmuls=quantize != "int8")
+        _export_graph(model, raw, fuse_matmuls=merge and quantize != "int8")
         if _quantize(raw, graph, quant):
             quant = dataclasses.replace(quant, embedding="int4")
         for f in tmp.glob("fp32.onnx*"):
@@ -474,15 +483,11 @@ def _materialize_transposed_weights(model: onnx.ModelProto) -> None:
     SmolLM2-135M, 113 MB read per token beside about 60 MB of int4 layers, and ONNX Runtime's
     constant folding kept a second float32 copy of it in memory. The embedding's ``Gather`` keeps
     the original (one row per token)."""
-    import numpy as np
     from onnx import helper, numpy_helper
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = _consumers(g)
     for n in list(g.node):
         if n.op_type != "Transpose" or n.input[0] not in inits:
             continue

@@ -199,6 +199,10 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
     width = json.loads((ckpt / "config.json").read_text())["hidden_size"]
     floats = [list(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
     assert not [d for d in floats if len(d) == 2 and d[1] == width and d[0] >= m["vocab_size"]]
+    if level == 4:  # --no-merge-products: the graph before the merge, 6 products per layer
+        plain = export_folder(ckpt, tmp_path / "q4-plain", quantize="int4", merge_products=False)
+        plain_graph = onnx.load(str(plain / "model.onnx"), load_external_data=False).graph
+        assert len([n for n in plain_graph.node if n.op_type == "MatMulNBits"]) == 2 * 6 + 1
 
 
 def test_decisive_agreement_counts_only_rows_where_the_reference_leads() -> None:
