@@ -185,7 +185,17 @@ def section_speed(res: dict, per_task: int, repeat: int, rounds: int, only: list
     out: dict = {"prompts": len(rows), "threads": 2, "repeat": repeat, "block_size": BLOCK, "folders": {}}
     if only:
         out = res.get("speed", out)
+    # every folder scripts/smollm2-sbd.sh built and verified (its .adapter-sha256 stamp); a folder named
+    # by --speed-folders is measured as it is, stamped or not (a quantized one may fail verify: its
+    # speed is still what int4/int8 cost and buy), and one that is not there is an error
     built = [f for f in ("int8", "int4", "fp32") if (SBD / f / ".adapter-sha256").exists() and f in (only or [f])]
+    for f in only or []:
+        if not (SBD / f / "setblock.json").exists():
+            quant = "none" if f == "fp32" else f
+            raise SystemExit(f"--speed-folders {f}: {SBD / f} is not built; run QUANT={quant} scripts/smollm2-sbd.sh")
+        if f not in built:
+            print(f"{f}: {SBD / f} has no .adapter-sha256 (verify failed or did not run): measured as it is")
+            built.append(f)
     for folder in built:
         extra = ["--auto", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", f"{low},{high}"]
         out["folders"][folder] = bench(SBD / folder, prompts, 2, *extra)

@@ -161,14 +161,14 @@ impl Probe<'_> {
             }
             each_round();
         }
-        Ok(times
-            .iter_mut()
-            .map(|v| {
-                v.sort_by(f64::total_cmp);
-                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-            })
-            .collect())
+        Ok(times.iter_mut().map(|v| median(v)).collect())
     }
+}
+
+/// The median of `v` (sorted in place; the upper one of an even count); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A loaded SBD model.

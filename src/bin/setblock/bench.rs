@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use setblock::model::median;
 use setblock::{GenerateOptions, Mode, Session};
 
 use crate::{load, options, DecodeArgs, ModelArgs};
@@ -573,20 +574,6 @@ fn markdown_table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
     table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
     table.set_header(header);
     table
-}
-
-/// The median of `v` (sorted in place); NaN when empty.
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
 }
 
 #[cfg(feature = "serve")]
