@@ -1,7 +1,7 @@
 //! A conversation with a model: its own KV cache, multi-turn state, generate(), cancel, reset.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ort::session::RunOptions;
 
@@ -76,6 +76,7 @@ pub struct Output {
 pub struct CancelHandle {
     flag: Arc<AtomicBool>,
     run: Arc<RunOptions>,
+    gate: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for CancelHandle {
@@ -89,6 +90,10 @@ impl std::fmt::Debug for CancelHandle {
 impl CancelHandle {
     /// Cancel the generation in progress (a no-op when none is running).
     pub fn cancel(&self) {
+        // under the gate, so that a generation starting or ending at this moment clears both or
+        // neither: a run terminated while the flag reads false would surface as an ONNX Runtime
+        // error instead of a cancelled generation
+        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         self.flag.store(true, Ordering::SeqCst);
         let _ = self.run.terminate();
     }
@@ -105,6 +110,8 @@ pub struct Session {
     scores: Vec<SlotScore>,
     flag: Arc<AtomicBool>,
     run: Arc<RunOptions>,
+    /// Shared with the cancel handles: a cancel and a generation's clearing of it never interleave.
+    gate: Arc<Mutex<()>>,
     /// What `auto` generations learned of the text (tokens per forward per block size, retry
     /// interval), per selection rule (the last `AUTO_MEMORIES` rules used): the next `auto`
     /// generation with the same rule starts from it instead of trying every block size again.
@@ -136,6 +143,7 @@ impl Session {
             scores: Vec::new(),
             flag: Arc::new(AtomicBool::new(false)),
             run: Arc::new(RunOptions::new()?),
+            gate: Arc::new(Mutex::new(())),
             auto_memory: Vec::new(),
         })
     }
@@ -150,7 +158,16 @@ impl Session {
         CancelHandle {
             flag: self.flag.clone(),
             run: self.run.clone(),
+            gate: self.gate.clone(),
         }
+    }
+
+    /// Clear a cancel (at the start and the end of a generation), atomically with respect to
+    /// [`CancelHandle::cancel`].
+    fn clear_cancel(&self) {
+        let _g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.flag.store(false, Ordering::SeqCst);
+        let _ = self.run.unterminate();
     }
 
     /// Forget the conversation (the cache memory stays allocated). What `auto` learned of the
@@ -329,8 +346,7 @@ impl Session {
             None => None,
         };
         self.context.extend_from_slice(prompt_ids);
-        self.flag.store(false, Ordering::SeqCst);
-        let _ = self.run.unterminate();
+        self.clear_cancel();
         let model = self.model.clone();
         let dec = Decoder {
             model: &model,
@@ -372,8 +388,7 @@ impl Session {
                 r
             }
         };
-        self.flag.store(false, Ordering::SeqCst);
-        let _ = self.run.unterminate();
+        self.clear_cancel();
         match result {
             Ok(d) => {
                 let eos = &self.model.manifest.eos_token_ids;
