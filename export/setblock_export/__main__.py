@@ -70,7 +70,16 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
         activation_checkpointing=a.activation_checkpointing,
     )
     limit = a.time_limit * 60 if a.time_limit else None
-    finetune(a.checkpoint, a.data, a.out, cfg, resume=a.resume, stop_after=a.stop_after, time_limit=limit)
+    finetune(
+        a.checkpoint,
+        a.data,
+        a.out,
+        cfg,
+        resume=a.resume,
+        stop_after=a.stop_after,
+        time_limit=limit,
+        init_adapter=a.init_adapter,
+    )
     print(f"wrote {a.out}")
 
 
@@ -198,6 +207,13 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint (its saved settings)")
+    s.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        help="a new stage from a finished LoRA adapter of this base: its weights, a fresh optimizer and this "
+        "run's schedule, the data from where its runs stopped",
+    )
     s.set_defaults(fn=_cmd_finetune)
 
     s = sub.add_parser("export", help="HF checkpoint -> SBD model folder (model.onnx + setblock.json)")

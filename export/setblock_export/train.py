@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from functools import partial
@@ -291,6 +292,73 @@ def _load_state(module: nn.Module, opt: torch.optim.Optimizer, d: Path) -> dict:
     return state
 
 
+def _adapter_record(adapter: Path) -> dict:
+    path = adapter / hf.TRAIN_RECORD
+    if not path.is_file():
+        raise TrainError(
+            f"--init-adapter {adapter}: no {hf.TRAIN_RECORD}; give a folder written by finetune --lora-rank"
+        )
+    return json.loads(path.read_text())
+
+
+def _check_init_adapter(adapter: Path, checkpoint: Path, cfg: TrainConfig) -> None:
+    """Refuse an adapter that this run cannot continue, naming what differs."""
+    if not hf.is_adapter(adapter):
+        raise TrainError(f"--init-adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if not cfg.lora_rank:
+        raise TrainError(f"--init-adapter {adapter}: needs --lora-rank (the adapter's rank) to continue it")
+    rec = _adapter_record(adapter)
+    if not rec.get("runs"):
+        raise TrainError(f"--init-adapter {adapter}: its {hf.TRAIN_RECORD} lists no runs")
+    last = rec["runs"][-1]
+    if last.get("lora_rank") != cfg.lora_rank:
+        raise TrainError(
+            f"--init-adapter {adapter} has rank {last.get('lora_rank')}; pass --lora-rank {last.get('lora_rank')}"
+        )
+    weights = hf.weights_file(checkpoint)
+    want = rec.get("lora_base_sha256")
+    if want and weights and hf.sha256(weights) != want:
+        raise TrainError(
+            f"--init-adapter {adapter} was trained on a base with sha256 {want[:12]}..., not --checkpoint {checkpoint}"
+        )
+
+
+def _start_from_adapter(lm: nn.Module, adapter: Path, docs: Sequence) -> int:
+    """Load a finished adapter's trained weights into the LoRA model; return the data cursor its runs
+    left (each run's plan replayed over the same documents)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(lm, load_file(adapter / "adapter_model.safetensors"))
+    if result.unexpected_keys:
+        raise TrainError(
+            f"--init-adapter {adapter}: {len(result.unexpected_keys)} weights do not fit this model "
+            f"(e.g. {result.unexpected_keys[0]}); it was trained with other LoRA settings or base"
+        )
+    cursor = 0
+    for run in _adapter_record(adapter)["runs"]:
+        if run.get("documents") != len(docs):
+            raise TrainError(
+                f"--init-adapter {adapter}: its run saw {run.get('documents')} documents, --data has {len(docs)}; "
+                "continue it on the same data"
+            )
+        plan = Plan(
+            docs,
+            objective=run["objective"],
+            k_min=run["k_min"],
+            k_max=run["k_max"],
+            rows=run["batch_size"] // run["grad_accum"],
+            seq_len=run["seq_len"],
+            seed=run["seed"],
+        )
+        plan.cursor = cursor
+        for step in range(run["steps"]):
+            for micro in range(run["grad_accum"]):
+                plan.micro(step_generator(run["seed"], step, micro))
+        cursor = plan.cursor
+    return cursor
+
+
 def _barrier(where: Placement) -> None:
     if where.world > 1:
         dist.barrier()
@@ -304,6 +372,7 @@ def finetune(  # noqa: PLR0913
     resume: bool = False,
     stop_after: int | None = None,
     time_limit: float | None = None,
+    init_adapter: Path | None = None,
 ) -> Path:
     """Train ``checkpoint`` on ``data``; writes checkpoints under ``out/checkpoint`` and the model to ``out``.
 
@@ -311,6 +380,11 @@ def finetune(  # noqa: PLR0913
     its base. ``stop_after`` ends the run early, with a checkpoint, after that many steps (the
     resume test's "crash"); ``time_limit`` (seconds) after the step during which it runs out (a
     session's or a batch job's share of a long run): ``--resume`` continues either.
+
+    ``init_adapter`` starts a new stage from a finished LoRA adapter of the same base (``finetune
+    --lora-rank`` output): its trained weights, a fresh optimizer and this run's schedule, and the
+    data from the first document its runs did not reach (their plans are replayed). The adapter's
+    training record carries over, with this run appended. A resumed stage restores its own state.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     ckpt_dir = out / "checkpoint"
@@ -331,10 +405,13 @@ def finetune(  # noqa: PLR0913
             f"--checkpoint {checkpoint} is a LoRA adapter: continue it with --resume on its --out, or "
             "export it (merged) and start a new LoRA run from that folder"
         )
+    if init_adapter is not None:
+        init_adapter = Path(init_adapter)
+        _check_init_adapter(init_adapter, checkpoint, cfg)
     where = place(cfg)
     try:
         deadline = time.monotonic() + time_limit if time_limit else None
-        return _run(checkpoint, Path(data), out, cfg, where, resuming, stop_after, deadline)
+        return _run(checkpoint, Path(data), out, cfg, where, resuming, stop_after, deadline, init_adapter)
     finally:
         if where.owns_group:
             dist.destroy_process_group()
@@ -349,6 +426,7 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
     resuming: bool,
     stop_after: int | None,
     deadline: float | None,
+    init_adapter: Path | None = None,
 ) -> Path:
     ckpt_dir = out / "checkpoint"
     micro_rows = cfg.batch_size // cfg.grad_accum
@@ -388,6 +466,8 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
     if resuming:
         state = _load_state(module, opt, ckpt_dir)
         start_step, seen, plan.cursor = state["step"], state.get("clean_tokens", 0), state.get("cursor", 0)
+    elif init_adapter is not None:
+        plan.cursor = _start_from_adapter(lm, init_adapter, docs)
     log = None  # opened after the first step: a run that cannot lay out its first batch leaves no folder
     bar = tqdm(
         range(start_step, cfg.steps),
@@ -448,7 +528,7 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
         log.close()
     if done < cfg.steps:
         return out
-    _save_final(module, lm, tok, checkpoint, data, out, cfg, where, seen, len(docs))
+    _save_final(module, lm, tok, checkpoint, data, out, cfg, where, seen, len(docs), init_adapter)
     _barrier(where)
     return out
 
@@ -495,6 +575,7 @@ def _save_final(  # noqa: PLR0913
     where: Placement,
     seen: int,
     documents: int,
+    init_adapter: Path | None = None,
 ) -> None:
     """The trained model (full fine-tuning) or adapter (LoRA), its tokenizer and its training record."""
     model_sd = get_state_dict(module, [], options=_options(ignore_frozen_params=bool(cfg.lora_rank)))[0]
@@ -512,6 +593,8 @@ def _save_final(  # noqa: PLR0913
         lm.save_pretrained(out, state_dict=sd)
     tok.save_pretrained(out)
     record_dir = checkpoint.parent if checkpoint.suffix == ".gguf" else checkpoint
+    if init_adapter is not None:  # a later stage: the earlier stages' runs come first
+        record_dir = init_adapter
     prov_path = record_dir / hf.TRAIN_RECORD
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {"base_model": str(checkpoint), "runs": []}
     if cfg.lora_rank:

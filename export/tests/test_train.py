@@ -243,3 +243,28 @@ def test_two_ranks_give_the_losses_of_one_and_their_checkpoint_resumes_on_one(
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "two" / "setblock_train.json").read_text())["runs"][-1]["ranks"] == 2
+
+
+def test_a_stage_from_a_finished_adapter_starts_from_its_weights_and_unseen_data(
+    tmp_path: Path, tokenizer_obj, data: Path
+) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.05, max_position_embeddings=256)
+    first = TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup=1, seq_len=256, lora_rank=4, add_mask_token=True)
+    one = finetune(ckpt, data, tmp_path / "one", first)
+    cursor_one = torch.load(one / "checkpoint" / "state.pt", weights_only=False)["cursor"]
+    # a learning rate too small to move a weight: the stage's adapter is the one it started from
+    still = TrainConfig(steps=1, batch_size=4, lr=1e-12, warmup=0, seq_len=256, lora_rank=4, add_mask_token=True)
+    two = finetune(ckpt, data, tmp_path / "two", still, init_adapter=one)
+    a, b = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("lora_B" in k for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-8), k
+    # the stage's documents come after the ones the first run laid out
+    state = torch.load(two / "checkpoint" / "state.pt", weights_only=False)
+    assert state["cursor"] > cursor_one > 0
+    runs = json.loads((two / hf.TRAIN_RECORD).read_text())["runs"]
+    assert [r["steps"] for r in runs] == [3, 1] and runs[1]["clean_tokens"] > 0
+    with pytest.raises(TrainError, match="--lora-rank 4"):
+        finetune(ckpt, data, tmp_path / "x", TrainConfig(steps=1, batch_size=4, lora_rank=8), init_adapter=one)
+    with pytest.raises(TrainError, match="not a LoRA adapter"):
+        finetune(ckpt, data, tmp_path / "y", still, init_adapter=ckpt)
