@@ -83,3 +83,26 @@ fn against_a_different_model_is_refused_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn zero_reps_or_a_zero_width_forward_is_refused_naming_the_option() {
+    for (flag, value) in [("--reps", "0"), ("--tokens", "1,0")] {
+        let out = setblock()
+            .current_dir(root())
+            .args([
+                "bench-forward",
+                "--model",
+                "tests/fixtures/tiny-llama",
+                flag,
+                value,
+            ])
+            .output()
+            .expect("run the setblock binary");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(
+            err.contains(flag) && err.contains("at least 1"),
+            "{flag}: {err}"
+        );
+    }
+}

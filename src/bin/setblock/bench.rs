@@ -11,6 +11,15 @@ use setblock::{GenerateOptions, Mode, Session};
 
 use crate::{load, options, DecodeArgs, ModelArgs};
 
+/// A count that must be at least 1 (a run of zero repetitions or prompts measures nothing).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct BenchArgs {
     #[command(flatten)]
@@ -23,14 +32,14 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     prompts: PathBuf,
     /// Use only the first N prompts.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
     /// Gammas to run in SBD mode (default: the model's low and high).
     #[arg(long, value_delimiter = ',')]
     gammas: Vec<f64>,
     /// Timed passes over the prompts (systems interleaved prompt by prompt); accuracy and forward
     /// counts come from the first. A warm-up of up to 5 prompts per system runs before, untimed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     repeat: usize,
     /// Only the NTP system (for an NTP-trained baseline model).
     #[arg(long)]
@@ -53,13 +62,13 @@ pub(crate) struct BenchForwardArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Tokens per forward.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32], value_parser = at_least_one)]
     tokens: Vec<usize>,
     /// Cached positions before the forward.
     #[arg(long, value_delimiter = ',', default_values_t = [0usize, 128, 384])]
     past: Vec<usize>,
     /// Timed runs per point (median reported).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     reps: usize,
     /// JSON output.
     #[arg(long)]
@@ -222,7 +231,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(_, o, _)| session.resolve(o).map(|r| r.0))
         .collect::<Result<Vec<usize>, _>>()?;
-    let passes = a.repeat.max(1);
+    let passes = a.repeat;
     for (prompt, ..) in rows.iter().take(5) {
         for (_, opts, learn) in &systems {
             shared.set_cost_learning(*learn);
@@ -498,7 +507,7 @@ fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
             ia.vocab_size
         );
     }
-    let reps = a.reps.max(1);
+    let reps = a.reps;
     let longest = a.tokens.iter().copied().max().unwrap_or(1);
     let bar = ProgressBar::new((a.past.len() * reps) as u64);
     let mut rows = Vec::new();
