@@ -145,12 +145,12 @@ pub struct Manifest {
 /// reads the quantized operators' own attributes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationOptions {
-    /// `MatMulNBits` (int4) or `quantize_dynamic` (int8).
+    /// `MatMulNBits` (int4, and int8 by blocks) or `quantize_dynamic` (int8 per tensor).
     pub method: String,
-    /// Bits per weight (int4: 4).
+    /// Bits per weight (MatMulNBits: 4 or 8).
     #[serde(default)]
     pub bits: Option<u32>,
-    /// Weights per quantization scale (int4).
+    /// Weights per quantization scale (MatMulNBits).
     #[serde(default)]
     pub block_size: Option<u32>,
     /// Symmetric quantization (no zero points).
@@ -160,11 +160,11 @@ pub struct QuantizationOptions {
     /// activations (the fastest on CPUs).
     #[serde(default)]
     pub accuracy_level: Option<u32>,
-    /// How the output head was stored (`int4`: a head tied to the embedding quantized too;
+    /// How the output head was stored (`int4` / `int8`: a head tied to the embedding quantized too;
     /// absent in folders exported before 2026-12-06, whose tied head stayed float32).
     #[serde(default)]
     pub head: Option<String>,
-    /// How the input embedding was stored (`int4`: read from the tied head's int4 weights by
+    /// How the input embedding was stored (`int4` / `int8`: read from the tied head's weights by
     /// `GatherBlockQuantized`; absent where it stayed float32, as before 2026-12-06).
     #[serde(default)]
     pub embedding: Option<String>,

@@ -97,6 +97,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
         int4_accuracy_level=a.int4_accuracy_level,
         int4_block_size=a.int4_block_size,
         merge_products=not a.no_merge_products,
+        int8_method=a.int8_method,
     )
     print(f"wrote {a.out}")
 
@@ -225,9 +226,19 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         choices=range(5),
         default=4,
-        help="int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs), 0 = float (the weights' type)",
+        help="int4 and block int8: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs), "
+        "0 = float (the weights' type)",
     )
-    s.add_argument("--int4-block-size", type=int, default=32, help="int4: weights per quantization scale")
+    s.add_argument(
+        "--int4-block-size", type=int, default=32, help="int4 and block int8: weights per quantization scale"
+    )
+    s.add_argument(
+        "--int8-method",
+        choices=["block", "dynamic"],
+        default="block",
+        help="int8: block = 8-bit MatMulNBits (--int4-block-size, --int4-accuracy-level); dynamic = "
+        "quantize_dynamic, one scale per tensor (fast, but lossy where activations have outliers)",
+    )
     s.add_argument(
         "--no-merge-products",
         action="store_true",

@@ -172,6 +172,7 @@ def export_folder(
     int4_accuracy_level: int = 4,
     int4_block_size: int = 32,
     merge_products: bool = True,
+    int8_method: str = "block",
 ) -> Path:
     """Export ``checkpoint`` to the model folder ``out``.
 
@@ -180,7 +181,12 @@ def export_folder(
     x86-64 and Arm CPUs; ONNX Runtime falls back where a kernel lacks it). ``int4_block_size``: weights
     per quantization scale, a power of two >= 16. Both are recorded in the manifest.
     ``merge_products``: merge the matrix products that share an input (:func:`fuse_sibling_matmuls`;
-    never for int8); off gives the graph before the merge, to time against it."""
+    never for per-tensor int8); off gives the graph before the merge, to time against it.
+    ``int8_method`` (``--quantize int8``): ``block``, 8-bit MatMulNBits with the int4 path's block
+    size and accuracy level (one scale per 32 weights; at level 4 the activations are quantized
+    per block too, so an activation outlier costs only its own block), or ``dynamic``,
+    ``quantize_dynamic``'s per-tensor weights and activations (the project's int8 before
+    2026-12-07: SmolLM2-135M lost 30% of its top-1 tokens to it)."""
     out = Path(out)
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
@@ -203,6 +209,8 @@ def export_folder(
     gm = gammas or [0.1, 0.35]
     if int4_accuracy_level not in range(5):
         raise ExportError(f"--int4-accuracy-level {int4_accuracy_level}: choose 0, 1, 2, 3 or 4")
+    if int8_method not in ("block", "dynamic"):
+        raise ExportError(f"--int8-method {int8_method}: choose block or dynamic")
     if int4_block_size < 16 or int4_block_size & (int4_block_size - 1):
         raise ExportError(f"--int4-block-size {int4_block_size}: must be a power of two >= 16 (e.g. 32)")
     if default_block_size is not None and not 1 <= default_block_size <= bs[-1]:
@@ -211,7 +219,7 @@ def export_folder(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        q = Quantization(quantize, int4_accuracy_level, int4_block_size)
+        q = Quantization(quantize, int4_accuracy_level, int4_block_size, int8_method=int8_method)
         _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, q, bs, gm, default_block_size, merge_products)
         tmp.rename(out)
     except BaseException:
@@ -299,20 +307,30 @@ class Quantization:
     int4_block_size: int = 32
     # set by the int4 export when a tied embedding is read from the head's int4 weights
     embedding: str | None = None
+    int8_method: str = "block"  # block (MatMulNBits, 8 bits) or dynamic (quantize_dynamic)
+
+    @property
+    def nbits(self) -> int | None:
+        """Bits per weight where the export goes through MatMulNBits, else None."""
+        if self.kind == "int4":
+            return 4
+        if self.kind == "int8" and self.int8_method == "block":
+            return 8
+        return None
 
     def options(self) -> dict | None:
         """The manifest's ``quantization_options``: how the weights were quantized."""
-        if self.kind == "int8":
+        if self.kind == "int8" and self.int8_method == "dynamic":
             return {"method": "quantize_dynamic", "weight_type": "int8", "op_types": ["MatMul"]}
-        if self.kind == "int4":
+        if self.nbits:
             return {
                 "method": "MatMulNBits",
-                "bits": 4,
+                "bits": self.nbits,
                 "block_size": self.int4_block_size,
                 "symmetric": True,
                 "accuracy_level": self.int4_accuracy_level,
                 # a head tied to the embedding is quantized too (its transposed copy), as the rest
-                "head": "int4",
+                "head": self.kind,
                 **({"embedding": self.embedding} if self.embedding else {}),
             }
         return None
@@ -327,9 +345,9 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, g
         weights = _export_graph(model, graph, fuse_matmuls=merge)
     else:
         raw = tmp / "fp32.onnx"
-        _export_graph(model, raw, fuse_matmuls=merge and quantize != "int8")
+        _export_graph(model, raw, fuse_matmuls=merge and quant.nbits is not None)
         if _quantize(raw, graph, quant):
-            quant = dataclasses.replace(quant, embedding="int4")
+            quant = dataclasses.replace(quant, embedding=quant.kind)
         for f in tmp.glob("fp32.onnx*"):
             f.unlink()
         weights = save_graph(onnx.load(str(graph)), graph)
@@ -382,9 +400,9 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, g
 
 
 def _quantize(src: Path, dst: Path, quant: Quantization) -> bool:
-    """Write the quantized graph; returns whether the embedding was quantized too (int4, tied)."""
+    """Write the quantized graph; returns whether the embedding was quantized too (MatMulNBits, tied)."""
     kind = quant.kind
-    if kind == "int8":
+    if kind == "int8" and quant.int8_method == "dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(
@@ -395,25 +413,26 @@ def _quantize(src: Path, dst: Path, quant: Quantization) -> bool:
             use_external_data_format=True,
         )
         return False
-    if kind == "int4":
+    if quant.nbits:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         model = onnx.load(str(src))
         _materialize_transposed_weights(model)
         q = MatMulNBitsQuantizer(
             model,
+            bits=quant.nbits,
             block_size=quant.int4_block_size,
             is_symmetric=True,
             accuracy_level=quant.int4_accuracy_level,
         )
         q.process()
-        embedding = _gather_quantized_embedding(q.model.model, quant.int4_block_size)
+        embedding = _gather_quantized_embedding(q.model.model, quant.int4_block_size, quant.nbits)
         q.model.save_model_to_file(str(dst), use_external_data_format=True)
         return embedding
     raise ExportError(f"--quantize {kind}: choose none, int8 or int4")
 
 
-def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int) -> bool:
+def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int, bits: int = 4) -> bool:
     """Read the embedding of a tied model from the int4 head's weights: the float ``Gather`` of
     the embedding becomes ONNX Runtime's ``GatherBlockQuantized`` over the head's MatMulNBits
     weights and scales (4 bits, blocks along the hidden axis), and the float embedding is
@@ -432,17 +451,19 @@ def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int) -> bool
             continue
         emb = inits[n.input[0]]
         axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 0)
-        packed, scales = inits.get(f"{emb.name}.transposed_Q4"), inits.get(f"{emb.name}.transposed_scales")
+        packed = inits.get(f"{emb.name}.transposed_Q{bits}")
+        scales = inits.get(f"{emb.name}.transposed_scales")
         if axis != 0 or packed is None or scales is None or len(emb.dims) != 2:
             continue
         vocab, hidden = emb.dims
-        if list(packed.dims) != [vocab, hidden // block_size, block_size // 2]:
+        per_byte = 8 // bits
+        if list(packed.dims) != [vocab, hidden // block_size, block_size // per_byte]:
             continue
-        rows, rows_scales = f"{emb.name}.rows_int4", f"{emb.name}.rows_scales"
+        rows, rows_scales = f"{emb.name}.rows_int{bits}", f"{emb.name}.rows_scales"
         shape_rows, shape_scales = f"{rows}.shape", f"{rows_scales}.shape"
         g.initializer.extend(
             [
-                onnx.numpy_helper.from_array(np.array([vocab, hidden // 2], np.int64), shape_rows),
+                onnx.numpy_helper.from_array(np.array([vocab, hidden // per_byte], np.int64), shape_rows),
                 onnx.numpy_helper.from_array(np.array([vocab, hidden // block_size], np.int64), shape_scales),
             ]
         )
@@ -456,9 +477,9 @@ def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int) -> bool
                     "GatherBlockQuantized",
                     [rows, n.input[1], rows_scales],
                     list(n.output),
-                    name=f"{n.name or 'embedding'}_int4",
+                    name=f"{n.name or 'embedding'}_int{bits}",
                     domain="com.microsoft",
-                    bits=4,
+                    bits=bits,
                     block_size=block_size,
                     gather_axis=0,
                     quantize_axis=1,

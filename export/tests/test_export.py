@@ -155,13 +155,43 @@ def test_sbd_decode_stops_at_eos_inside_a_block(tmp_path: Path, tokenizer_obj) -
 
 def test_int8_quantized_export_holds_integer_matmuls(tmp_path: Path, tokenizer_obj) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
-    folder = export_folder(ckpt, tmp_path / "q8", quantize="int8")
+    folder = export_folder(ckpt, tmp_path / "q8", quantize="int8", int8_method="dynamic")
     ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
-    assert json.loads((folder / "setblock.json").read_text())["quantization"] == "int8"
+    m = json.loads((folder / "setblock.json").read_text())
+    assert m["quantization"] == "int8" and m["quantization_options"]["method"] == "quantize_dynamic"
     worst = max(c["max_abs_diff"] for c in run_checks(folder, ckpt)[1:])
     assert worst < 5.0  # int8 cannot meet the float tolerance; verify judges it by top-1 agreement
     assert not list(tmp_path.glob("q8/fp32*"))
+
+
+def test_block_int8_export_is_8_bit_matmulnbits_with_the_head_and_embedding(tmp_path: Path, tokenizer_obj) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    folder = export_folder(ckpt, tmp_path / "q8", quantize="int8")  # block is the default method
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 2 * 4 + 1  # merged products (one scale per block, not per tensor) and the head
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["bits"] == 8 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    assert not [n for n in graph.node if n.op_type in ("MatMul", "MatMulInteger", "Transpose")]
+    (emb,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in emb.attribute}["bits"] == 8
+    m = json.loads((folder / "setblock.json").read_text())
+    assert m["quantization"] == "int8"
+    assert m["quantization_options"] == {
+        "method": "MatMulNBits",
+        "bits": 8,
+        "block_size": 32,
+        "symmetric": True,
+        "accuracy_level": 4,
+        "head": "int8",
+        "embedding": "int8",
+    }
+    checks = run_checks(folder, ckpt)
+    assert all(c["top1"] >= 0.9 for c in checks), checks
+    with pytest.raises(ExportError, match="--int8-method"):
+        export_folder(ckpt, tmp_path / "bad", quantize="int8", int8_method="per-row")
 
 
 @pytest.mark.parametrize("level", [0, 4])
@@ -219,13 +249,13 @@ def test_quantized_verify_fails_a_folder_of_other_weights_and_gives_no_verdict_w
     # std 1.0 weights give decisive logits: a folder of seed 1's weights disagrees with seed 0's
     a = make_checkpoint(tmp_path / "a", "llama", tokenizer_obj, std=1.0)
     b = make_checkpoint(tmp_path / "b", "llama", tokenizer_obj, std=1.0, seed=1)
-    qa = export_folder(a, tmp_path / "qa", quantize="int8")
+    qa = export_folder(a, tmp_path / "qa", quantize="int8", int8_method="dynamic")
     # random weights this large make per-tensor int8 coarse (KL about 0.6 nats): the top-1 judge
     # is what this folder exercises, the KL bound is set out of its way, then below what it meets
     assert verify_folder(qa, a, max_kl=1.0)
     assert not verify_folder(qa, a, max_kl=0.1)
     assert "FAIL mean KL divergence" in capsys.readouterr().out
-    assert not verify_folder(export_folder(b, tmp_path / "qb", quantize="int8"), a, max_kl=1.0)
+    assert not verify_folder(export_folder(b, tmp_path / "qb", quantize="int8", int8_method="dynamic"), a, max_kl=1.0)
     # near-zero weights tie every row: no verdict, never a vacuous pass
     flat = make_checkpoint(tmp_path / "flat", "llama", tokenizer_obj, std=1e-4)
     assert not verify_folder(export_folder(flat, tmp_path / "qf", quantize="int8"), flat)
