@@ -18,8 +18,10 @@ a ratio measured in one run (systems interleaved), since these machines are shar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,8 +78,12 @@ def prompts_file(n_per_task: int) -> Path:
 
 def genai_model(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
     """onnxruntime-genai's own export of ``checkpoint`` (its model builder, CPU; ``precision`` fp32
-    or int4: its int4 is MatMulNBits, block 32, accuracy level 4 on the CPU, head included)."""
-    if not out.exists():
+    or int4: its int4 is MatMulNBits, block 32, accuracy level 4 on the CPU, head included).
+    Rebuilt when the checkpoint's weights change (``out/.source-sha256``)."""
+    stamp = _weights_sha256(checkpoint)
+    mark = out / ".source-sha256"
+    if not out.exists() or not mark.exists() or mark.read_text() != stamp:
+        shutil.rmtree(out, ignore_errors=True)
         subprocess.run(
             [
                 sys.executable,
@@ -97,7 +103,18 @@ def genai_model(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
             check=True,
             capture_output=True,
         )
+        mark.write_text(stamp)
     return out
+
+
+def _weights_sha256(checkpoint: Path) -> str:
+    """sha256 over a checkpoint's weight files (safetensors or bin), in name order."""
+    h = hashlib.sha256()
+    for f in sorted(Path(checkpoint).glob("*.safetensors")) + sorted(Path(checkpoint).glob("*.bin")):
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def demo_checkpoint() -> Path:

@@ -39,6 +39,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -164,13 +165,18 @@ def section_reference(res: dict, n: int) -> None:
 def merged_checkpoint(name: str) -> Path:
     """The adapter merged into its base, saved as a plain HF checkpoint (for onnxruntime-genai)."""
     out = WORK / f"merged-{name}"
-    if not (out / "config.json").exists():
-        sys.path.insert(0, str(ROOT / "export"))
-        from setblock_export import hf
+    sys.path.insert(0, str(ROOT / "export"))
+    from setblock_export import hf
 
+    # stamped with the adapter it merges: a retrained adapter is merged again, never a stale one used
+    stamp = hf.sha256(ADAPTERS / name / "adapter_model.safetensors")
+    mark = out / ".adapter-sha256"
+    if not (out / "config.json").exists() or not mark.exists() or mark.read_text() != stamp:
+        shutil.rmtree(out, ignore_errors=True)
         model = hf.load_model(ADAPTERS / name)
         model.save_pretrained(out)
         hf.load_tokenizer(ADAPTERS / name).save_pretrained(out)
+        mark.write_text(stamp)
     return out
 
 
