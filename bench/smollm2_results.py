@@ -59,8 +59,8 @@ ADAPTERS = SBD / "adapters"
 SWEEP = [0.0, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0, 2.0]
 SECTIONS = ["table", "sweep", "sweep-ltr", "reference", "speed", "ppl", "general", "report"]
 BLOCK = 8
-# The folder the accuracy figures use: fp32, because the int8 export of this model fails verify
-# (scripts/smollm2-sbd.sh); `--folder int8` measures one built with QUANT="none int8".
+# The folder the accuracy figures use: fp32 (the reference); `--folder int8` decodes the int8 folder
+# that scripts/smollm2-sbd.sh builds beside it.
 FOLDER = "fp32"
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds models/smollm2-135m-sbd/fp32/ (git-ignored) from the pinned SmolLM2-135M-Instruct base
+# Builds models/smollm2-135m-sbd/fp32/ and int8/ (git-ignored) from the pinned SmolLM2-135M-Instruct base
 # (scripts/fetch-smollm2.sh) and the committed SBD LoRA adapter (models/smollm2-135m-sbd/adapters/sbd,
 # trained by models/make_smollm2.sh): merged, exported, verified. Idempotent: a folder built from
 # the same adapter is kept. ADAPTER=ntp builds the NTP twin into models/smollm2-135m-ntp/.
@@ -22,12 +22,12 @@ k=()
 # the NTP twin's adapter never saw <|mask|>: its folder gets the token (untrained, unused by NTP
 # decoding) only because a model folder names one
 [ "$name" = ntp ] && k=(--add-mask-token)
-# int8 (dynamic, per tensor) and int4 (MatMulNBits, block 32, level 4) are opt-in, QUANT="none int4":
-# neither is a folder to ship on this model yet. int4 (embedding read from the int4 head) keeps
-# 40.0% of 40 held-out problems against fp32's 77.5% (44.0% of 400; onnxruntime-genai's own int4
-# build of the same weights: 45.0% of 40) and fails verify's KL bound (0.239 nats against 0.1);
-# int8 failed verify too (2026-12-06). Use them to measure speed.
-for q in ${QUANT:-none}; do
+# QUANT (default "none int8"): fp32, int8 (8-bit MatMulNBits by blocks of 32, accuracy level 4, head
+# and tied embedding included; verify: KL 0.004 nats, 100% decisive top-1) and, opt-in, int4
+# (MatMulNBits block 32, level 4): int4 keeps 40.0% of 40 held-out problems against fp32's 77.5%
+# (onnxruntime-genai's own int4 build of the same weights: 45.0%) and fails verify's KL bound (0.239
+# nats against 0.1; stage-1 adapter, 2026-12-06): a folder to measure speed with, not to ship.
+for q in ${QUANT:-none int8}; do
   case $q in none) out=$dest/fp32 ;; int8|int4) out=$dest/$q ;; *) echo "smollm2-sbd: QUANT takes none, int8, int4 (got $q)" >&2; exit 2 ;; esac
   if [ -f "$out/.adapter-sha256" ] && [ "$(cat "$out/.adapter-sha256")" = "$stamp" ]; then
     continue
@@ -38,4 +38,4 @@ for q in ${QUANT:-none}; do
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export verify --folder "$out" --checkpoint "$adapter"
   echo "$stamp" > "$out/.adapter-sha256"
 done
-echo "$dest/fp32 is ready: target/release/setblock generate --model $dest/fp32 --prompt '...'"
+echo "$dest: fp32 and int8 are ready: target/release/setblock generate --model $dest/int8 --prompt '...'"
