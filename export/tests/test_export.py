@@ -165,6 +165,22 @@ def test_int8_quantized_export_holds_integer_matmuls(tmp_path: Path, tokenizer_o
     assert not list(tmp_path.glob("q8/fp32*"))
 
 
+def assert_nbits_manifest(folder: Path, kind: str, bits: int, level: int) -> dict:
+    """The manifest of a MatMulNBits export (block 32, the tied head and embedding quantized too)."""
+    m = json.loads((folder / "setblock.json").read_text())
+    assert m["quantization"] == kind
+    assert m["quantization_options"] == {
+        "method": "MatMulNBits",
+        "bits": bits,
+        "block_size": 32,
+        "symmetric": True,
+        "accuracy_level": level,
+        "head": kind,
+        "embedding": kind,
+    }
+    return m
+
+
 def test_block_int8_export_is_8_bit_matmulnbits_with_the_head_and_embedding(tmp_path: Path, tokenizer_obj) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
     folder = export_folder(ckpt, tmp_path / "q8", quantize="int8")  # block is the default method
@@ -177,17 +193,7 @@ def test_block_int8_export_is_8_bit_matmulnbits_with_the_head_and_embedding(tmp_
     assert not [n for n in graph.node if n.op_type in ("MatMul", "MatMulInteger", "Transpose")]
     (emb,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
     assert {a.name: onnx.helper.get_attribute_value(a) for a in emb.attribute}["bits"] == 8
-    m = json.loads((folder / "setblock.json").read_text())
-    assert m["quantization"] == "int8"
-    assert m["quantization_options"] == {
-        "method": "MatMulNBits",
-        "bits": 8,
-        "block_size": 32,
-        "symmetric": True,
-        "accuracy_level": 4,
-        "head": "int8",
-        "embedding": "int8",
-    }
+    assert_nbits_manifest(folder, "int8", 8, 4)
     checks = run_checks(folder, ckpt)
     assert all(c["top1"] >= 0.9 for c in checks), checks
     with pytest.raises(ExportError, match="--int8-method"):
@@ -204,17 +210,7 @@ def test_int4_export_records_its_accuracy_level(tmp_path: Path, tokenizer_obj, l
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         # ONNX leaves an attribute at its default (accuracy_level 0) out
         assert attrs.get("accuracy_level", 0) == level and attrs["block_size"] == 32 and attrs["bits"] == 4
-    m = json.loads((folder / "setblock.json").read_text())
-    assert m["quantization"] == "int4"
-    assert m["quantization_options"] == {
-        "method": "MatMulNBits",
-        "bits": 4,
-        "block_size": 32,
-        "symmetric": True,
-        "accuracy_level": level,
-        "head": "int4",
-        "embedding": "int4",
-    }
+    m = assert_nbits_manifest(folder, "int4", 4, level)
     assert run_checks(folder, ckpt)[0]["top1"] >= 0.5
     # the tied head (MatMul of the transposed embedding) is quantized too: no float MatMul is left
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
