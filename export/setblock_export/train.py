@@ -330,10 +330,12 @@ def _start_from_adapter(lm: nn.Module, adapter: Path, docs: Sequence) -> int:
     from safetensors.torch import load_file
 
     result = set_peft_model_state_dict(lm, load_file(adapter / "adapter_model.safetensors"))
-    if result.unexpected_keys:
+    # (a tied head's token adapter shares the embedding's delta: only LoRA matrices must all be there)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
         raise TrainError(
-            f"--init-adapter {adapter}: {len(result.unexpected_keys)} weights do not fit this model "
-            f"(e.g. {result.unexpected_keys[0]}); it was trained with other LoRA settings or base"
+            f"--init-adapter {adapter}: {len(result.unexpected_keys) + len(missing)} weights do not fit this "
+            f"model (e.g. {(result.unexpected_keys + missing)[0]}); it was trained with other LoRA settings or base"
         )
     cursor = 0
     for run in _adapter_record(adapter)["runs"]:
@@ -466,6 +468,8 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
     if resuming:
         state = _load_state(module, opt, ckpt_dir)
         start_step, seen, plan.cursor = state["step"], state.get("clean_tokens", 0), state.get("cursor", 0)
+        if init_adapter is None and state.get("init_adapter"):  # a stage resumed without the flag
+            init_adapter = Path(state["init_adapter"])
     elif init_adapter is not None:
         plan.cursor = _start_from_adapter(lm, init_adapter, docs)
     log = None  # opened after the first step: a run that cannot lay out its first batch leaves no folder
@@ -520,6 +524,8 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
         early = (stop_after is not None and done >= stop_after) or _out_of_time(deadline, where)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or early:
             extra = {"step": done, "cursor": plan.cursor, "clean_tokens": seen, "config": asdict(cfg)}
+            if init_adapter is not None:  # the stage's record lists the adapter's runs first
+                extra["init_adapter"] = str(init_adapter)
             _save_state(module, opt, extra, ckpt_dir, where.main)
             _barrier(where)
         if early:

@@ -264,6 +264,11 @@ def test_a_stage_from_a_finished_adapter_starts_from_its_weights_and_unseen_data
     assert state["cursor"] > cursor_one > 0
     runs = json.loads((two / hf.TRAIN_RECORD).read_text())["runs"]
     assert [r["steps"] for r in runs] == [3, 1] and runs[1]["clean_tokens"] > 0
+    # a stage stopped early and resumed without the flag still carries the adapter's runs
+    longer = TrainConfig(steps=2, batch_size=4, lr=1e-12, warmup=0, seq_len=256, lora_rank=4, add_mask_token=True)
+    finetune(ckpt, data, tmp_path / "three", longer, init_adapter=one, stop_after=1)
+    three = finetune(ckpt, data, tmp_path / "three", longer, resume=True)
+    assert [r["steps"] for r in json.loads((three / hf.TRAIN_RECORD).read_text())["runs"]] == [3, 2]
     with pytest.raises(TrainError, match="--lora-rank 4"):
         finetune(ckpt, data, tmp_path / "x", TrainConfig(steps=1, batch_size=4, lora_rank=8), init_adapter=one)
     with pytest.raises(TrainError, match="not a LoRA adapter"):
