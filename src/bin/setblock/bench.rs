@@ -541,9 +541,9 @@ fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if a.json {
-        let dir = |m: &ModelArgs| m.model.as_ref().map(|p| p.display().to_string());
         let v = serde_json::json!({
-            "a": dir(&a.model), "b": other.display().to_string(), "reps": reps, "points": rows,
+            "a": first.folder.display().to_string(), "b": second.folder.display().to_string(),
+            "reps": reps, "points": rows,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -568,11 +568,8 @@ fn bench_against(a: &BenchForwardArgs, other: &Path) -> anyhow::Result<()> {
     println!("{table}");
     println!(
         "A = {}, B = {}; {reps} interleaved rounds, the logits of the last row kept",
-        a.model
-            .model
-            .as_ref()
-            .map_or("the demo model".into(), |p| p.display().to_string()),
-        other.display()
+        first.folder.display(),
+        second.folder.display()
     );
     Ok(())
 }
