@@ -232,7 +232,7 @@ def _export_graph(model: nn.Module, path: Path, *, fuse_matmuls: bool = True) ->
     """Trace ``model`` to ``path``; returns the name of its external weights file.
 
     ``fuse_matmuls``: merge the matrix products that share an input (:func:`fuse_sibling_matmuls`);
-    off for int8, whose per-tensor scale would then span two weight matrices of different ranges."""
+    off for per-tensor int8, whose one scale would then span two weight matrices of different ranges."""
     layers, _, kv_heads, head_dim = arch.dims(model.config)
     b, s, p = 2, 5, 3  # never 0 or 1: the dynamo exporter would specialise them
     ids = torch.randint(0, model.config.vocab_size, (b, s))
@@ -305,7 +305,7 @@ class Quantization:
     kind: str
     int4_accuracy_level: int = 4
     int4_block_size: int = 32
-    # set by the int4 export when a tied embedding is read from the head's int4 weights
+    # set by a MatMulNBits export when a tied embedding is read from the head's quantized weights
     embedding: str | None = None
     int8_method: str = "block"  # block (MatMulNBits, 8 bits) or dynamic (quantize_dynamic)
 
@@ -432,11 +432,11 @@ def _quantize(src: Path, dst: Path, quant: Quantization) -> bool:
     raise ExportError(f"--quantize {kind}: choose none, int8 or int4")
 
 
-def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int, bits: int = 4) -> bool:
-    """Read the embedding of a tied model from the int4 head's weights: the float ``Gather`` of
-    the embedding becomes ONNX Runtime's ``GatherBlockQuantized`` over the head's MatMulNBits
-    weights and scales (4 bits, blocks along the hidden axis), and the float embedding is
-    dropped. Returns whether it was done (False for an untied head).
+def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int, bits: int) -> bool:
+    """Read the embedding of a tied model from the head's MatMulNBits weights: the float ``Gather``
+    of the embedding becomes ONNX Runtime's ``GatherBlockQuantized`` over the head's weights and
+    scales (``bits`` 4 or 8, blocks along the hidden axis), and the float embedding is dropped.
+    Returns whether it was done (False for an untied head).
 
     The head of a tied model is the transposed embedding (``_materialize_transposed_weights``),
     quantized per output column in blocks along the hidden size: its packed weights are the
