@@ -18,7 +18,6 @@ a ratio measured in one run (systems interleaved), since these machines are shar
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -108,13 +107,14 @@ def genai_model(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
 
 
 def _weights_sha256(checkpoint: Path) -> str:
-    """sha256 over a checkpoint's weight files (safetensors or bin), in name order."""
-    h = hashlib.sha256()
-    for f in sorted(Path(checkpoint).glob("*.safetensors")) + sorted(Path(checkpoint).glob("*.bin")):
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    """The sha256 of a checkpoint's weights file (the exporter's own identification of a base)."""
+    sys.path.insert(0, str(ROOT / "export"))
+    from setblock_export import hf
+
+    weights = hf.weights_file(checkpoint)
+    if weights is None:
+        raise SystemExit(f"{checkpoint}: no model.safetensors to build onnxruntime-genai's model from")
+    return hf.sha256(weights)
 
 
 def demo_checkpoint() -> Path:
