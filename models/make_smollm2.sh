@@ -37,12 +37,14 @@ fi
 common=(--checkpoint "$gguf" --add-mask-token --lora-rank 16 --data "$work/mix/train.jsonl" --steps "$steps"
   --batch-size 4 --seq-len 512 --lr 1e-3 --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0
   --threads 1)
-adapter_dir() { [ "$1" = sbd ] && echo models/smollm2-135m-sbd/adapters/sbd-stage1 || echo "models/smollm2-135m-sbd/adapters/$1"; }
-run() { # objective
-  local name=$1 out="$work/$1"
-  if [ -f "$out/adapter_model.safetensors" ]; then return; fi
-  if [ -f "$(adapter_dir "$name")/adapter_model.safetensors" ]; then  # finished and committed
-    echo "$name: trained ($(adapter_dir "$name")); delete that folder to train it again"
+# train RUN DEST FINETUNE-ARGS...: one run, resumed from its committed state (train/RUN) and kept
+# there while it is unfinished; a finished run's adapter lands in DEST (committed) and its state is
+# dropped
+train() {
+  local name=$1 dest=$2 out="$work/$1"
+  shift 2
+  if [ -f "$dest/adapter_model.safetensors" ]; then
+    echo "$name: trained ($dest); delete that folder to train it again"
     return
   fi
   if [ ! -f "$out/checkpoint/state.pt" ] && [ -f "$keep/$name/state.pt" ]; then  # restore a committed state
@@ -52,51 +54,26 @@ run() { # objective
   fi
   local resume=()
   [ -f "$out/checkpoint/state.pt" ] && resume=(--resume)
-  $py -m setblock_export finetune --objective "$name" --out "$out" --time-limit "$budget" \
-    "${common[@]}" "${resume[@]}"
-}
-run sbd > "$work/sbd.log" 2>&1 &
-sbd_pid=$!
-run ntp > "$work/ntp.log" 2>&1
-wait $sbd_pid || { tail -n 5 "$work/sbd.log"; exit 1; }
-for name in sbd ntp; do
-  out="$work/$name"
+  $py -m setblock_export finetune --out "$out" --time-limit "$budget" "$@" "${resume[@]}" > "$work/$name.log" 2>&1 \
+    || { tail -n 5 "$work/$name.log"; return 1; }
   mkdir -p "$keep/$name"
-  [ -f "$out/checkpoint/state.pt" ] && cp "$out/checkpoint/state.pt" "$keep/$name/state.pt"
-  [ -f "$out/metrics.jsonl" ] && cp "$out/metrics.jsonl" "$keep/$name/metrics.jsonl"
+  cp "$out/metrics.jsonl" "$keep/$name/metrics.jsonl"
   if [ -f "$out/adapter_model.safetensors" ]; then
-    dest=$(adapter_dir "$name")
     mkdir -p "$dest"
     find "$out" -maxdepth 1 -type f ! -name metrics.jsonl -exec cp {} "$dest"/ \;  # adapter, tokenizer, record
-  fi
-  echo "$name: $(tail -n 1 "$keep/$name/metrics.jsonl" 2>/dev/null)"
-done
-stage1=$(adapter_dir sbd)
-final=models/smollm2-135m-sbd/adapters/sbd
-out=$work/sbd2
-if [ -f "$final/adapter_model.safetensors" ]; then
-  echo "sbd stage 2: trained ($final); delete that folder to train it again"
-elif [ -f "$stage1/adapter_model.safetensors" ]; then
-  if [ ! -f "$out/checkpoint/state.pt" ] && [ -f "$keep/sbd2/state.pt" ]; then
-    mkdir -p "$out/checkpoint"
-    cp "$keep/sbd2/state.pt" "$out/checkpoint/state.pt"
-    cp "$keep/sbd2/metrics.jsonl" "$out/metrics.jsonl"
-  fi
-  resume=()
-  [ -f "$out/checkpoint/state.pt" ] && resume=(--resume)
-  stage2=(--checkpoint "$gguf" --add-mask-token --lora-rank 16 --data "$work/mix/train.jsonl"
-    --steps "${STAGE2_STEPS:-420}" --batch-size 4 --seq-len 512 --lr 5e-4 --warmup 10 --weight-decay 0
-    --checkpoint-every 10 --seed 0 --threads 2 --init-adapter "$stage1")
-  $py -m setblock_export finetune --objective sbd --out "$out" --time-limit "$budget" "${stage2[@]}" \
-    "${resume[@]}" > "$work/sbd2.log" 2>&1 || { tail -n 5 "$work/sbd2.log"; exit 1; }
-  mkdir -p "$keep/sbd2"
-  cp "$out/metrics.jsonl" "$keep/sbd2/metrics.jsonl"
-  if [ -f "$out/adapter_model.safetensors" ]; then
-    mkdir -p "$final"
-    find "$out" -maxdepth 1 -type f ! -name metrics.jsonl -exec cp {} "$final"/ \;
-    rm -f "$keep/sbd2/state.pt"  # finished: the adapter is what is kept
+    rm -f "$keep/$name/state.pt"
   else
-    cp "$out/checkpoint/state.pt" "$keep/sbd2/state.pt"
+    cp "$out/checkpoint/state.pt" "$keep/$name/state.pt"
   fi
-  echo "sbd stage 2: $(tail -n 1 "$keep/sbd2/metrics.jsonl")"
+  echo "$name: $(tail -n 1 "$keep/$name/metrics.jsonl")"
+}
+adapters=models/smollm2-135m-sbd/adapters
+train sbd "$adapters/sbd-stage1" --objective sbd "${common[@]}" &
+sbd_pid=$!
+train ntp "$adapters/ntp" --objective ntp "${common[@]}"
+wait $sbd_pid
+if [ -f "$adapters/sbd-stage1/adapter_model.safetensors" ]; then  # stage 2, alone with 2 threads
+  train sbd2 "$adapters/sbd" --objective sbd --checkpoint "$gguf" --add-mask-token --lora-rank 16 \
+    --data "$work/mix/train.jsonl" --steps "${STAGE2_STEPS:-420}" --batch-size 4 --seq-len 512 --lr 5e-4 \
+    --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0 --threads 2 --init-adapter "$adapters/sbd-stage1"
 fi
