@@ -186,7 +186,7 @@ def export_folder(
     size and accuracy level (one scale per 32 weights; at level 4 the activations are quantized
     per block too, so an activation outlier costs only its own block), or ``dynamic``,
     ``quantize_dynamic``'s per-tensor weights and activations (the project's int8 before
-    2026-12-07: SmolLM2-135M lost 30% of its top-1 tokens to it)."""
+    2026-12-07; on SmolLM2-135M `verify` measured KL 0.42 nats and 66% top-1 on its own text)."""
     out = Path(out)
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
