@@ -180,6 +180,11 @@ def widen(
     return out
 
 
+def int8_method(quantize: str) -> dict[str, str]:
+    """``export_folder``'s int8 method for these folders (INT8), named for int8 exports only."""
+    return {"int8_method": INT8} if quantize == "int8" else {}
+
+
 def main() -> None:
     from setblock_export.onnx_export import export_folder
 
@@ -194,14 +199,14 @@ def main() -> None:
         for q in ("none", "int8"):
             dest = a.out / f"smollm2-{'fp32' if q == 'none' else q}"
             if not dest.exists():
-                export_folder(gguf, dest, quantize=q, add_mask_token=True, int8_method=INT8)
+                export_folder(gguf, dest, quantize=q, add_mask_token=True, **int8_method(q))
                 print("wrote", dest)
     if "llama400m" in a.only:
         ckpt = random_llama(a.out / "llama400m-ckpt", a.out / "smollm2-fp32")
         for q in ("none", "int8"):
             dest = a.out / f"llama400m-{'fp32' if q == 'none' else q}"
             if not dest.exists():
-                export_folder(ckpt, dest, quantize=q, int8_method=INT8)
+                export_folder(ckpt, dest, quantize=q, **int8_method(q))
                 print("wrote", dest)
     if "demo-wide" not in a.only:
         return
@@ -217,7 +222,7 @@ def main() -> None:
                 wide,
                 dest,
                 quantize=q,
-                int8_method=INT8,
+                **int8_method(q),
                 block_sizes=[demo["block_sizes"]["min"], demo["block_sizes"]["max"]],
                 gammas=[demo["gamma"]["low"], demo["gamma"]["high"]],
                 default_block_size=demo["default_block_size"],

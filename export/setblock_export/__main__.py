@@ -225,18 +225,21 @@ def parser() -> argparse.ArgumentParser:
         "--int4-accuracy-level",
         type=int,
         choices=range(5),
-        default=4,
-        help="int4 and block int8: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs), "
-        "0 = float (the weights' type)",
+        default=None,
+        help="int4 and block int8: MatMulNBits compute type; 4 = int8 activations (fastest on CPUs; the "
+        "default), 0 = float (the weights' type)",
     )
     s.add_argument(
-        "--int4-block-size", type=int, default=32, help="int4 and block int8: weights per quantization scale"
+        "--int4-block-size",
+        type=int,
+        default=None,
+        help="int4 and block int8: weights per quantization scale (default 32)",
     )
     s.add_argument(
         "--int8-method",
         choices=["block", "dynamic"],
-        default="block",
-        help="int8: block = 8-bit MatMulNBits (--int4-block-size, --int4-accuracy-level); dynamic = "
+        default=None,
+        help="int8 (default block): block = 8-bit MatMulNBits (--int4-block-size, --int4-accuracy-level); dynamic = "
         "quantize_dynamic, one scale per tensor (fast, but lossy where activations have outliers)",
     )
     s.add_argument(

@@ -160,6 +160,35 @@ def fuse_sibling_matmuls(model: onnx.ModelProto) -> int:
     return removed
 
 
+def _quantization_options(
+    quantize: str, level: int | None, block: int | None, method: str | None
+) -> tuple[int, int, str]:
+    """The quantization options with their defaults, refused where out of range or where they do not
+    apply to ``quantize`` (checked before any work: a typo'd command fails at once)."""
+    if quantize not in ("none", "int8", "int4"):
+        raise ExportError(f"--quantize {quantize}: choose none, int8 or int4")
+    if method is not None and quantize != "int8":
+        raise ExportError(f"--int8-method applies to --quantize int8 only (this export is --quantize {quantize})")
+    method = method or "block"
+    if method not in ("block", "dynamic"):
+        raise ExportError(f"--int8-method {method}: choose block or dynamic")
+    nbits = quantize == "int4" or (quantize == "int8" and method == "block")
+    for flag, value in (("--int4-accuracy-level", level), ("--int4-block-size", block)):
+        if value is not None and not nbits:
+            what = "--int8-method dynamic" if quantize == "int8" else "--quantize none"
+            raise ExportError(
+                f"{flag} applies to MatMulNBits weights (--quantize int4, or int8 with --int8-method block), "
+                f"not to {what}"
+            )
+    level = 4 if level is None else level
+    block = 32 if block is None else block
+    if level not in range(5):
+        raise ExportError(f"--int4-accuracy-level {level}: choose 0, 1, 2, 3 or 4")
+    if block < 16 or block & (block - 1):
+        raise ExportError(f"--int4-block-size {block}: must be a power of two >= 16 (e.g. 32)")
+    return level, block, method
+
+
 def export_folder(
     checkpoint: Path,
     out: Path,
@@ -169,10 +198,10 @@ def export_folder(
     gammas: list[float] | None = None,
     add_mask_token: bool = False,
     default_block_size: int | None = None,
-    int4_accuracy_level: int = 4,
-    int4_block_size: int = 32,
+    int4_accuracy_level: int | None = None,
+    int4_block_size: int | None = None,
     merge_products: bool = True,
-    int8_method: str = "block",
+    int8_method: str | None = None,
 ) -> Path:
     """Export ``checkpoint`` to the model folder ``out``.
 
@@ -186,7 +215,11 @@ def export_folder(
     size and accuracy level (one scale per 32 weights; at level 4 the activations are quantized
     per block too, so an activation outlier costs only its own block), or ``dynamic``,
     ``quantize_dynamic``'s per-tensor weights and activations (the project's int8 before
-    2026-12-07; on SmolLM2-135M `verify` measured KL 0.42 nats and 66% top-1 on its own text)."""
+    2026-12-07; on SmolLM2-135M `verify` measured KL 0.42 nats and 66% top-1 on its own text).
+    Left as ``None``, each takes its default (level 4, blocks of 32, ``block``); given where it does
+    not apply (``int8_method`` without int8, a MatMulNBits option without MatMulNBits), it is an
+    error rather than silently ignored."""
+    level, block, method = _quantization_options(quantize, int4_accuracy_level, int4_block_size, int8_method)
     out = Path(out)
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
@@ -207,19 +240,13 @@ def export_folder(
     mask_id, mask_source = find_mask_token(tok, model, add_mask_token)
     bs = block_sizes or [2, 16]
     gm = gammas or [0.1, 0.35]
-    if int4_accuracy_level not in range(5):
-        raise ExportError(f"--int4-accuracy-level {int4_accuracy_level}: choose 0, 1, 2, 3 or 4")
-    if int8_method not in ("block", "dynamic"):
-        raise ExportError(f"--int8-method {int8_method}: choose block or dynamic")
-    if int4_block_size < 16 or int4_block_size & (int4_block_size - 1):
-        raise ExportError(f"--int4-block-size {int4_block_size}: must be a power of two >= 16 (e.g. 32)")
     if default_block_size is not None and not 1 <= default_block_size <= bs[-1]:
         raise ExportError(f"--default-block-size {default_block_size}: must be in [1, {bs[-1]}] (the trained range)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        q = Quantization(quantize, int4_accuracy_level, int4_block_size, int8_method=int8_method)
+        q = Quantization(quantize, level, block, int8_method=method)
         _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, q, bs, gm, default_block_size, merge_products)
         tmp.rename(out)
     except BaseException:

@@ -288,6 +288,20 @@ def test_int4_options_out_of_range_are_refused_before_any_work(tmp_path: Path, t
     assert not list(tmp_path.glob(".a.*")) and not (tmp_path / "a").exists()
 
 
+def test_quantization_options_that_do_not_apply_are_refused(tmp_path: Path, tokenizer_obj) -> None:
+    """An option the chosen quantization would ignore is a mistake in the command: refused, naming it."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    with pytest.raises(ExportError, match="--int8-method applies to --quantize int8 only.*--quantize int4"):
+        export_folder(ckpt, tmp_path / "a", quantize="int4", int8_method="dynamic")
+    with pytest.raises(ExportError, match="--int8-method applies to --quantize int8 only.*--quantize none"):
+        export_folder(ckpt, tmp_path / "a", int8_method="block")
+    with pytest.raises(ExportError, match="--int4-accuracy-level applies to MatMulNBits.*not to --quantize none"):
+        export_folder(ckpt, tmp_path / "a", int4_accuracy_level=0)
+    with pytest.raises(ExportError, match="--int4-block-size applies to MatMulNBits.*--int8-method dynamic"):
+        export_folder(ckpt, tmp_path / "a", quantize="int8", int8_method="dynamic", int4_block_size=64)
+    assert not (tmp_path / "a").exists()
+
+
 def cli(*args: str) -> int:
     return main(list(args))
 
