@@ -173,6 +173,9 @@ pub struct Grammar {
     pub forced: usize,
     /// Whether forced tokens fill SBD slots (off: the ablation).
     use_forced: bool,
+    /// The mask of the current state, once computed (`new` computes the first to check the
+    /// vocabulary; the first forward's sampling then reuses it); dropped when a token is committed.
+    current: Option<SimpleVob>,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -201,6 +204,7 @@ impl Grammar {
             masks: 0,
             forced: 0,
             use_forced: true,
+            current: None,
         };
         let first = g.mask()?;
         if first.is_zero() {
@@ -228,11 +232,16 @@ impl Grammar {
 
     /// The tokens allowed next (EOS among them when the output may end here).
     pub(crate) fn mask(&mut self) -> Result<SimpleVob> {
+        if let Some(m) = &self.current {
+            return Ok(m.clone());
+        }
         let t0 = Instant::now();
         let m = self.matcher.compute_mask();
         self.seconds += t0.elapsed().as_secs_f64();
         self.masks += 1;
-        m.map_err(|_| self.failed("computing the token mask failed"))
+        let m = m.map_err(|_| self.failed("computing the token mask failed"))?;
+        self.current = Some(m.clone());
+        Ok(m)
     }
 
     /// Copy `row` into `out` with every token the grammar does not allow next at -inf. An
@@ -262,8 +271,15 @@ impl Grammar {
         let r = self.matcher.try_consume_tokens(&[tok]);
         self.seconds += t0.elapsed().as_secs_f64();
         match r {
-            Ok(n) => Ok(n == 1),
-            Err(_) => Err(self.failed("checking a token failed")),
+            Ok(0) => Ok(false), // refused: the state, and its mask, are unchanged
+            Ok(n) => {
+                self.current = None;
+                Ok(n == 1)
+            }
+            Err(_) => {
+                self.current = None;
+                Err(self.failed("checking a token failed"))
+            }
         }
     }
 
