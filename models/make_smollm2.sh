@@ -5,11 +5,11 @@
 # optimizer + data cursor) and metrics to models/smollm2-135m-sbd/train/, which is committed. The
 # next call restores them and resumes bit for bit. When both runs reach STEPS, their adapters land
 # in models/smollm2-135m-sbd/adapters/{sbd-stage1,ntp}/ (committed).
-# Stage 2 (SBD only; SBD needs more tokens than NTP, method doc section 2): when stage 1 is done,
-# STAGE2_STEPS (420) more steps from the stage-1 adapter (finetune --init-adapter: a fresh AdamW,
-# lr 5e-4 with 10 warmup steps and a cosine, the documents stage 1 did not reach), alone with 2
-# threads; its adapter lands in adapters/sbd (committed; scripts/smollm2-sbd.sh exports it), its
-# resumable state in train/sbd2 while it runs.
+# Stages 2 and 3 (SBD only; SBD needs more tokens than NTP, method doc section 2): when the stage
+# before is done, STAGE_STEPS (420) more steps from its adapter (finetune --init-adapter: a fresh
+# AdamW, lr 5e-4 with 10 warmup steps and a cosine, the documents the earlier stages did not reach),
+# alone with 2 threads; stage 2's adapter lands in adapters/sbd-stage2, stage 3's in adapters/sbd
+# (committed; scripts/smollm2-sbd.sh exports it), their resumable states in train/sbdN while they run.
 #   BUDGET_MIN=100 models/make_smollm2.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,8 +72,15 @@ train sbd "$adapters/sbd-stage1" --objective sbd "${common[@]}" &
 sbd_pid=$!
 train ntp "$adapters/ntp" --objective ntp "${common[@]}"
 wait $sbd_pid
-if [ -f "$adapters/sbd-stage1/adapter_model.safetensors" ]; then  # stage 2, alone with 2 threads
-  train sbd2 "$adapters/sbd" --objective sbd --checkpoint "$gguf" --add-mask-token --lora-rank 16 \
-    --data "$work/mix/train.jsonl" --steps "${STAGE2_STEPS:-420}" --batch-size 4 --seq-len 512 --lr 5e-4 \
-    --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0 --threads 2 --init-adapter "$adapters/sbd-stage1"
-fi
+# later SBD stages, alone with 2 threads, each from the adapter of the one before; the last one's adapter
+# is the shipped adapters/sbd, the others' adapters/sbd-stageN
+prev=sbd-stage1
+for stage in 2 3; do
+  [ -f "$adapters/$prev/adapter_model.safetensors" ] || break
+  dest=sbd-stage$stage
+  [ "$stage" = 3 ] && dest=sbd
+  train "sbd$stage" "$adapters/$dest" --objective sbd --checkpoint "$gguf" --add-mask-token --lora-rank 16 \
+    --data "$work/mix/train.jsonl" --steps "${STAGE_STEPS:-420}" --batch-size 4 --seq-len 512 --lr 5e-4 \
+    --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0 --threads 2 --init-adapter "$adapters/$prev"
+  prev=$dest
+done
