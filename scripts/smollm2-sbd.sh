@@ -23,11 +23,10 @@ k=()
 # decoding) only because a model folder names one
 [ "$name" = ntp ] && k=(--add-mask-token)
 # QUANT (default "none int8"): fp32, int8 (8-bit MatMulNBits by blocks of 32, accuracy level 4, head
-# and tied embedding included; verify: KL 0.004 nats, 100% decisive top-1) and, opt-in, int4
-# (MatMulNBits block 32, level 4): int4 keeps 40.0% of 40 held-out problems against fp32's 77.5%
-# (onnxruntime-genai's own int4 build of the same weights: 45.0%; stage-1 adapter, 2026-12-06) and
-# fails verify's KL bound (0.344 nats against 0.1 with the stage-2 adapter): a folder to measure
-# speed with, not to ship.
+# and tied embedding included; verify: KL 0.003 nats, 100% decisive top-1, stage 3) and, opt-in, int4
+# (MatMulNBits block 32, level 4): int4 NTP keeps 57.5% of 40 held-out problems against fp32's 85.0%
+# (onnxruntime-genai's own int4 build of the same weights: 55.0%; stage-3 adapter, 2026-12-07) and
+# fails verify's KL bound (0.352 nats against 0.1): a folder to measure speed with, not to ship.
 for q in ${QUANT:-none int8}; do
   case $q in none) out=$dest/fp32 ;; int8|int4) out=$dest/$q ;; *) echo "smollm2-sbd: QUANT takes none, int8, int4 (got $q)" >&2; exit 2 ;; esac
   if [ -f "$out/.adapter-sha256" ] && [ "$(cat "$out/.adapter-sha256")" = "$stamp" ]; then
