@@ -93,8 +93,10 @@ def check_folders() -> None:
     measured through a stale export would publish the old stage's figures under the new name)."""
     for dest, name in ((SBD, "sbd"), (NTP, "ntp")):
         for folder in ("fp32", "int8", "int4"):
-            stamp = dest / folder / ".adapter-sha256"
-            if stamp.exists() and stamp.read_text().strip() != adapter_sha(name):
+            # .built-from-adapter: written at export, so a folder that failed verify (int4) has one too
+            stamps = [dest / folder / f for f in (".built-from-adapter", ".adapter-sha256")]
+            stamp = next((f for f in stamps if f.exists()), None)
+            if stamp is not None and stamp.read_text().strip() != adapter_sha(name):
                 raise SystemExit(
                     f"{dest / folder} was built from another adapter than {ADAPTERS / name}: "
                     f"run {'ADAPTER=ntp ' if name == 'ntp' else ''}scripts/smollm2-sbd.sh (QUANT=... for int8/int4)"

@@ -35,6 +35,7 @@ for q in ${QUANT:-none int8}; do
   rm -rf "$out"
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export export --checkpoint "$adapter" --out "$out" --quantize $q \
     --block-sizes 2 16 "${k[@]}"
+  echo "$stamp" > "$out/.built-from-adapter"  # what it was exported from, verified or not (bench reads it)
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export verify --folder "$out" --checkpoint "$adapter"
   echo "$stamp" > "$out/.adapter-sha256"
 done
