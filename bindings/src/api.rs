@@ -615,7 +615,7 @@ impl SbSession {
         config: GenerateConfig,
         listener: Option<Arc<dyn GenerationListener>>,
     ) -> Result<GenerationResult, SetblockError> {
-        let _running = Running::start(&self.cancel)?;
+        let running = Running::start(&self.cancel)?;
         let mut failure: Option<String> = None;
         let out = self.generate_with(&prompt, &config, &mut |e| {
             if let (Some(l), None) = (&listener, &failure) {
@@ -627,6 +627,12 @@ impl SbSession {
                 }
             }
         });
+        // The listener is a foreign object: releasing it calls into the host (Python takes its
+        // GIL). That must happen while this generation still counts as running, or a host
+        // shutting down (`shutdown_generations` at interpreter exit) could tear down between the
+        // two and kill this thread inside Rust frames (SIGABRT, "exception not rethrown").
+        drop(listener);
+        drop(running);
         if let Some(message) = failure {
             return Err(SetblockError::Listener { message });
         }
@@ -652,12 +658,17 @@ impl SbSession {
         let mut guard = CancelOnDrop(Some(self.cancel.clone()));
         let worker = slot.clone();
         std::thread::spawn(move || {
+            // waking the future calls into the host (its event loop): counted as running until
+            // then, like `generate`'s listener (None when shutting down: `generate` says so)
+            let running = Running::start(&self.cancel).ok();
             let r = self.generate(prompt, config, listener);
             let mut s = worker.lock().unwrap_or_else(|e| e.into_inner());
             s.result = Some(r);
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
+            drop(s);
+            drop(running);
         });
         let r = Join(slot).await;
         guard.0 = None; // finished: nothing to cancel
