@@ -160,33 +160,30 @@ def fuse_sibling_matmuls(model: onnx.ModelProto) -> int:
     return removed
 
 
-def _quantization_options(
-    quantize: str, level: int | None, block: int | None, method: str | None
-) -> tuple[int, int, str]:
-    """The quantization options with their defaults, refused where out of range or where they do not
-    apply to ``quantize`` (checked before any work: a typo'd command fails at once)."""
+def _quantization(quantize: str, level: int | None, block: int | None, method: str | None) -> Quantization:
+    """What ``--quantize`` and its options ask for (``Quantization``'s defaults where not given),
+    refused where out of range or where an option does not apply to ``quantize`` (checked before
+    any work: a mistyped command fails at once)."""
     if quantize not in ("none", "int8", "int4"):
         raise ExportError(f"--quantize {quantize}: choose none, int8 or int4")
     if method is not None and quantize != "int8":
         raise ExportError(f"--int8-method applies to --quantize int8 only (this export is --quantize {quantize})")
-    method = method or "block"
-    if method not in ("block", "dynamic"):
-        raise ExportError(f"--int8-method {method}: choose block or dynamic")
-    nbits = quantize == "int4" or (quantize == "int8" and method == "block")
+    given = (("int4_accuracy_level", level), ("int4_block_size", block), ("int8_method", method))
+    q = Quantization(quantize, **{k: v for k, v in given if v is not None})
+    if q.int8_method not in ("block", "dynamic"):
+        raise ExportError(f"--int8-method {q.int8_method}: choose block or dynamic")
     for flag, value in (("--int4-accuracy-level", level), ("--int4-block-size", block)):
-        if value is not None and not nbits:
+        if value is not None and q.nbits is None:
             what = "--int8-method dynamic" if quantize == "int8" else "--quantize none"
             raise ExportError(
                 f"{flag} applies to MatMulNBits weights (--quantize int4, or int8 with --int8-method block), "
                 f"not to {what}"
             )
-    level = 4 if level is None else level
-    block = 32 if block is None else block
-    if level not in range(5):
-        raise ExportError(f"--int4-accuracy-level {level}: choose 0, 1, 2, 3 or 4")
-    if block < 16 or block & (block - 1):
-        raise ExportError(f"--int4-block-size {block}: must be a power of two >= 16 (e.g. 32)")
-    return level, block, method
+    if q.int4_accuracy_level not in range(5):
+        raise ExportError(f"--int4-accuracy-level {q.int4_accuracy_level}: choose 0, 1, 2, 3 or 4")
+    if q.int4_block_size < 16 or q.int4_block_size & (q.int4_block_size - 1):
+        raise ExportError(f"--int4-block-size {q.int4_block_size}: must be a power of two >= 16 (e.g. 32)")
+    return q
 
 
 def export_folder(
@@ -219,7 +216,7 @@ def export_folder(
     Left as ``None``, each takes its default (level 4, blocks of 32, ``block``); given where it does
     not apply (``int8_method`` without int8, a MatMulNBits option without MatMulNBits), it is an
     error rather than silently ignored."""
-    level, block, method = _quantization_options(quantize, int4_accuracy_level, int4_block_size, int8_method)
+    q = _quantization(quantize, int4_accuracy_level, int4_block_size, int8_method)
     out = Path(out)
     if out.exists():
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
@@ -246,7 +243,6 @@ def export_folder(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        q = Quantization(quantize, level, block, int8_method=method)
         _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, q, bs, gm, default_block_size, merge_products)
         tmp.rename(out)
     except BaseException:
