@@ -231,26 +231,28 @@ impl Grammar {
     }
 
     /// The tokens allowed next (EOS among them when the output may end here).
-    pub(crate) fn mask(&mut self) -> Result<SimpleVob> {
-        if let Some(m) = &self.current {
-            return Ok(m.clone());
-        }
-        let t0 = Instant::now();
-        let m = self.matcher.compute_mask();
-        self.seconds += t0.elapsed().as_secs_f64();
-        self.masks += 1;
-        let m = m.map_err(|_| self.failed("computing the token mask failed"))?;
-        self.current = Some(m.clone());
-        Ok(m)
+    pub(crate) fn mask(&mut self) -> Result<&SimpleVob> {
+        let m = match self.current.take() {
+            Some(m) => m,
+            None => {
+                let t0 = Instant::now();
+                let m = self.matcher.compute_mask();
+                self.seconds += t0.elapsed().as_secs_f64();
+                self.masks += 1;
+                m.map_err(|_| self.failed("computing the token mask failed"))?
+            }
+        };
+        Ok(self.current.insert(m))
     }
 
     /// Copy `row` into `out` with every token the grammar does not allow next at -inf. An
     /// error when no token is allowed (the vocabulary cannot continue the output).
     pub(crate) fn masked_row(&mut self, row: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        let kind = self.kind;
         let allowed = self.mask()?;
         if allowed.is_zero() {
             return Err(Error::Constraint {
-                kind: self.kind,
+                kind,
                 message: "no token of the model's vocabulary can continue the output here".into(),
             });
         }
