@@ -34,9 +34,10 @@ elif ! cmp -s "$work/mix/mix.json" "$keep/mix.json"; then
   echo "make_smollm2: the rebuilt mix differs from $keep/mix.json (the one training started on)" >&2
   exit 2
 fi
-common=(--checkpoint "$gguf" --add-mask-token --lora-rank 16 --data "$work/mix/train.jsonl" --steps "$steps"
-  --batch-size 4 --seq-len 512 --lr 1e-3 --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0
-  --threads 1)
+# every run: the same base, LoRA, data, batches and seed
+recipe=(--checkpoint "$gguf" --add-mask-token --lora-rank 16 --data "$work/mix/train.jsonl" --batch-size 4
+  --seq-len 512 --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0)
+common=("${recipe[@]}" --steps "$steps" --lr 1e-3 --threads 1)
 # train RUN DEST FINETUNE-ARGS...: one run, resumed from its committed state (train/RUN) and kept
 # there while it is unfinished; a finished run's adapter lands in DEST (committed) and its state is
 # dropped
@@ -79,8 +80,7 @@ for stage in 2 3; do
   [ -f "$adapters/$prev/adapter_model.safetensors" ] || break
   dest=sbd-stage$stage
   [ "$stage" = 3 ] && dest=sbd
-  train "sbd$stage" "$adapters/$dest" --objective sbd --checkpoint "$gguf" --add-mask-token --lora-rank 16 \
-    --data "$work/mix/train.jsonl" --steps "${STAGE_STEPS:-420}" --batch-size 4 --seq-len 512 --lr 5e-4 \
-    --warmup 10 --weight-decay 0 --checkpoint-every 10 --seed 0 --threads 2 --init-adapter "$adapters/$prev"
+  train "sbd$stage" "$adapters/$dest" --objective sbd "${recipe[@]}" --steps "${STAGE_STEPS:-420}" --lr 5e-4 \
+    --threads 2 --init-adapter "$adapters/$prev"
   prev=$dest
 done
