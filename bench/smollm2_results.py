@@ -35,8 +35,8 @@ Prerequisites: models/make_smollm2.sh (the adapters), scripts/smollm2-sbd.sh and
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -77,9 +77,13 @@ KEYS = {
 }
 
 
+@functools.cache
 def adapter_sha(name: str) -> str:
     """sha256 of a committed adapter's weights (the stamp scripts/smollm2-sbd.sh gives its folders)."""
-    return hashlib.sha256((ADAPTERS / name / "adapter_model.safetensors").read_bytes()).hexdigest()
+    sys.path.insert(0, str(ROOT / "export"))
+    from setblock_export import hf
+
+    return hf.sha256(ADAPTERS / name / "adapter_model.safetensors")
 
 
 def weights() -> dict[str, str]:
@@ -208,7 +212,7 @@ def merged_checkpoint(name: str) -> Path:
     from setblock_export import hf
 
     # stamped with the adapter it merges: a retrained adapter is merged again, never a stale one used
-    stamp = hf.sha256(ADAPTERS / name / "adapter_model.safetensors")
+    stamp = adapter_sha(name)
     mark = out / ".adapter-sha256"
     if not (out / "config.json").exists() or not mark.exists() or mark.read_text() != stamp:
         shutil.rmtree(out, ignore_errors=True)
