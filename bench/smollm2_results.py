@@ -139,16 +139,26 @@ def section_table(res: dict, limit: int | None) -> None:
     low, high = gammas()
     files = prompt_files(limit)
     out: dict = {"block_size": BLOCK, "gamma_low": low, "gamma_high": high, "folder": FOLDER, "tasks": {}}
+    # each SBD row also verified (docs/sbd-verified.md)
+    sbd_args = ("--block-size", str(BLOCK), "--gammas", f"{low},{high}", "--verify")
     with ThreadPoolExecutor(2) as pool:  # accuracy and forwards only: load does not change them
         jobs = {}
         for task, f in files.items():
             jobs[task] = (
                 pool.submit(bench, NTP / FOLDER, f, 1, "--ntp-only"),
-                pool.submit(bench, SBD / FOLDER, f, 1, "--block-size", str(BLOCK), "--gammas", f"{low},{high}"),
+                pool.submit(bench, SBD / FOLDER, f, 1, *sbd_args),
             )
         for task, (ntp, sbd) in jobs.items():
             n, s = ntp.result(), sbd.result()
-            out["tasks"][task] = {"problems": n[0]["prompts"], "ntp_twin": n[0], "sbd_ntp": s[0], "sbd": s[1:]}
+            plain = [r for r in s[1:] if "+verify" not in r["system"]]
+            verified = [r for r in s[1:] if "+verify" in r["system"]]
+            out["tasks"][task] = {
+                "problems": n[0]["prompts"],
+                "ntp_twin": n[0],
+                "sbd_ntp": s[0],
+                "sbd": plain,
+                "sbd_verified": verified,
+            }
             res["table"] = out
             OUT.write_text(json.dumps(res, indent=1))  # task by task: a run cut short keeps them
             print(f"{task}: twin {n[0]['accuracy']:.1f}, " + ", ".join(f"{r['system']} {r['accuracy']:.1f}" for r in s))
@@ -246,7 +256,7 @@ def section_speed(res: dict, per_task: int, repeat: int, rounds: int, only: list
             print(f"{f}: {SBD / f} has no .adapter-sha256 (verify failed or did not run): measured as it is")
             built.append(f)
     for folder in built:
-        extra = ["--auto", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", f"{low},{high}"]
+        extra = ["--auto", "--verify", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", f"{low},{high}"]
         out["folders"][folder] = bench(SBD / folder, prompts, 2, *extra)
         print(folder, [(r["system"], round(r["decode_tokens_per_s"], 1)) for r in out["folders"][folder]])
     for precision in [p for p in ("fp32", "int4") if p in built]:
@@ -317,28 +327,26 @@ def section_ppl(res: dict, windows: int, length: int) -> None:
 def section_general(res: dict) -> None:
     low, _ = gammas()
     rows = [json.loads(line) for line in (MIX / "general_test.jsonl").read_text().splitlines()]
-    same = tokens = forwards = ntp_forwards = 0
-    per = []
+    out: dict = {"prompts": len(rows), "gamma": low, "block_size": BLOCK}
     limit = ("--max-new-tokens", "200")
-    for r in rows:
-        s = generate(SBD / FOLDER, r["user"], "--block-size", str(BLOCK), "--gamma", str(low), *limit)
-        n = generate(SBD / FOLDER, r["user"], "--mode", "ntp", *limit)
-        eq = s["tokens"] == n["tokens"]
-        same += int(eq)
-        tokens += len(s["tokens"])
-        forwards += s["forward_passes"]
-        ntp_forwards += n["forward_passes"]
-        per.append({"user": r["user"], "equal": eq, "tokens": len(s["tokens"]), "forwards": s["forward_passes"]})
-    res["general"] = {
-        "prompts": len(rows),
-        "gamma": low,
-        "block_size": BLOCK,
-        "equal_to_ntp_greedy": same,
-        "tokens_per_forward": tokens / max(forwards, 1),
-        "forward_reduction_vs_ntp": ntp_forwards / max(forwards, 1),
-        "rows": per,
-    }
-    print(f"general: {same}/{len(rows)} equal, {tokens / max(forwards, 1):.2f} tokens/forward")
+    ntp = [generate(SBD / FOLDER, r["user"], "--mode", "ntp", *limit) for r in rows]
+    ntp_forwards = sum(n["forward_passes"] for n in ntp)
+    for key, extra in (("", ()), ("verified_", ("--verify",))):
+        same = tokens = forwards = 0
+        per = []
+        for r, n in zip(rows, ntp, strict=True):
+            s = generate(SBD / FOLDER, r["user"], "--block-size", str(BLOCK), "--gamma", str(low), *extra, *limit)
+            eq = s["tokens"] == n["tokens"]
+            same += int(eq)
+            tokens += len(s["tokens"])
+            forwards += s["forward_passes"]
+            per.append({"user": r["user"], "equal": eq, "tokens": len(s["tokens"]), "forwards": s["forward_passes"]})
+        out[f"{key}equal_to_ntp_greedy"] = same
+        out[f"{key}tokens_per_forward"] = tokens / max(forwards, 1)
+        out[f"{key}forward_reduction_vs_ntp"] = ntp_forwards / max(forwards, 1)
+        out[f"{key}rows"] = per
+        print(f"general {key or 'plain'}: {same}/{len(rows)} equal, {tokens / max(forwards, 1):.2f} tokens/forward")
+    res["general"] = out
 
 
 def sweep_lines(res: dict) -> list[str]:
@@ -445,16 +453,22 @@ def report(res: dict) -> None:
 
         row("NTP twin, NTP decoding", lambda r: (r["ntp_twin"]["accuracy"], None))
         row("SBD model, NTP decoding", lambda r: (r["sbd_ntp"]["accuracy"], None))
-        for i, g in enumerate((t["gamma_low"], t["gamma_high"])):
-            row(f"SBD, gamma = {g}", lambda r, i=i: (r["sbd"][i]["accuracy"], r["sbd"][i]["forward_reduction_vs_ntp"]))
-        lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards.", ""]
+        for key, name in (("sbd", "SBD"), ("sbd_verified", "SBD verified")):
+            if key not in t["tasks"][tasks[0]]:
+                continue
+            for i, g in enumerate((t["gamma_low"], t["gamma_high"])):
+                pick = lambda r, i=i, k=key: (r[k][i]["accuracy"], r[k][i]["forward_reduction_vs_ntp"])  # noqa: E731
+                row(f"{name}, gamma = {g}", pick)
+        lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards."]
+        lines += ["SBD verified: `--verify` (docs/sbd-verified.md), every drafted token checked against the model's"]
+        lines += ["own NTP choice in the forward that starts the next block; its output is NTP decoding's.", ""]
     lines += sweep_lines(res)
     if "sweep" in res:
         plot(res)
         lines += ["![accuracy against forward reduction](results-smollm2.png)", ""]
     for key, title in (("reference", "Reference decoder agreement"), ("general", "General instructions")):
         if key in res:
-            summary = {k: v for k, v in res[key].items() if k != "rows"}
+            summary = {k: v for k, v in res[key].items() if not k.endswith("rows")}
             lines += [f"## {title}", "", "```json", json.dumps(summary, indent=1), "```", ""]
     if "ppl" in res:
         p = res["ppl"]

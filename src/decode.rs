@@ -18,6 +18,8 @@ use crate::sample::{entropy_confidence, Sampler};
 use crate::select::{select, Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats, StopReason};
 
+mod verify;
+
 /// NTP or SBD decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -319,6 +321,44 @@ impl Decoder<'_> {
         Ok(stop.or_else(|| self.grammar_done().then_some(StopReason::Grammar)))
     }
 
+    /// Score the masked slots before `end` (their logits rows in this forward's kept rows from
+    /// `row0` on, in slot order), let `rule` choose, and reveal its choice; `self.scores` keeps
+    /// the scored slots in the rule's order.
+    fn reveal(
+        &mut self,
+        rule: Selection,
+        block: &mut [u32],
+        revealed: &mut [bool],
+        end: usize,
+        row0: usize,
+    ) {
+        let (mask_id, vocab) = (
+            self.model.manifest.mask_token_id,
+            self.model.manifest.vocab_size,
+        );
+        self.scores.clear();
+        let masked = (0..end).filter(|&s| !revealed[s]);
+        for (i, slot) in masked.enumerate() {
+            self.scores.push(SlotScore {
+                slot,
+                row: row0 + i,
+                entropy: 0.0,
+                confidence: 0.0,
+            });
+        }
+        score_rows(self.scores, &self.buf.logits, vocab, mask_id);
+        let n = select(rule, self.scores);
+        for i in 0..n {
+            let SlotScore { slot, row, .. } = self.scores[i];
+            block[slot] = self.sampler.choose(
+                &self.buf.logits[row * vocab..(row + 1) * vocab],
+                mask_id,
+                self.context,
+            );
+            revealed[slot] = true;
+        }
+    }
+
     fn grammar_done(&self) -> bool {
         self.grammar.as_ref().is_some_and(Grammar::is_done)
     }
@@ -420,7 +460,7 @@ impl Decoder<'_> {
         }
         let model = self.model;
         let m = &model.manifest;
-        let (mask_id, vocab) = (m.mask_token_id, m.vocab_size);
+        let mask_id = m.mask_token_id;
         let eos = &m.eos_token_ids;
         let mut out = Vec::with_capacity(max_new);
         let mut block: Vec<u32> = Vec::with_capacity(k);
@@ -480,27 +520,7 @@ impl Decoder<'_> {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
                 forwards += 1;
-                self.scores.clear();
-                let masked = (0..end).filter(|&s| !revealed[s]);
-                for (row, slot) in masked.enumerate() {
-                    self.scores.push(SlotScore {
-                        slot,
-                        row,
-                        entropy: 0.0,
-                        confidence: 0.0,
-                    });
-                }
-                score_rows(self.scores, &self.buf.logits, vocab, mask_id);
-                let n = select(rule, self.scores);
-                for i in 0..n {
-                    let SlotScore { slot, row, .. } = self.scores[i];
-                    block[slot] = self.sampler.choose(
-                        &self.buf.logits[row * vocab..(row + 1) * vocab],
-                        mask_id,
-                        self.context,
-                    );
-                    revealed[slot] = true;
-                }
+                self.reveal(rule, &mut block, &mut revealed, end, 0);
                 // the forward and the work on its logits: what a step of this shape costs
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());

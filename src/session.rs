@@ -41,6 +41,12 @@ pub struct GenerateOptions {
     /// With a constraint in SBD: fill the slots whose token the grammar forces without a
     /// forward (default true; false is the ablation docs/structured-output.md measures).
     pub forced_tokens: bool,
+    /// SBD and `auto`: check every drafted token against the model's own NTP choice before it
+    /// is emitted (`decode::verify`): the checks ride on the forward that starts the next block,
+    /// a wrong token and what follows it are replaced by the NTP choice. With greedy values the
+    /// output is the model's NTP greedy output. Default false (the paper's SBD). Needs
+    /// temperature 0 and no constraint for now.
+    pub verify: bool,
 }
 
 impl Default for GenerateOptions {
@@ -55,7 +61,35 @@ impl Default for GenerateOptions {
             chat_template: None,
             constraint: None,
             forced_tokens: true,
+            verify: false,
         }
+    }
+}
+
+impl GenerateOptions {
+    /// `verify` with options it cannot serve (sampling, a constraint) is an error naming them.
+    pub fn check_verify(&self) -> Result<()> {
+        if self.verify && self.sampling.temperature != 0.0 {
+            return Err(Error::InvalidOption {
+                option: "verify",
+                value: "true".into(),
+                constraint: format!(
+                    "checks drafts against greedy NTP choices: it needs temperature 0 (got {}); \
+                     turn verify off to sample",
+                    self.sampling.temperature
+                ),
+            });
+        }
+        if self.verify && self.constraint.is_some() {
+            return Err(Error::InvalidOption {
+                option: "verify",
+                value: "true".into(),
+                constraint: "cannot be combined with a constraint (json schema, regex, grammar) \
+                             yet: the grammar already checks every committed token; turn one off"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +269,7 @@ impl Session {
             .unwrap_or(Selection::EbEntropy { gamma: m.gamma.low });
         sel.validate()?;
         opts.sampling.validate()?;
+        opts.check_verify()?;
         Ok((k, sel))
     }
 
@@ -364,6 +399,9 @@ impl Session {
         };
         let result = match (opts.mode, k) {
             (Mode::Ntp, _) | (Mode::Sbd | Mode::Auto, 1) => dec.ntp(opts.max_new_tokens, on_event),
+            (Mode::Sbd, _) if opts.verify => {
+                dec.sbd_verified(k, rule, opts.max_new_tokens, None, on_event)
+            }
             (Mode::Sbd, _) => dec.sbd(k, rule, opts.max_new_tokens, None, on_event),
             (Mode::Auto, _) => {
                 let mut curve = model.auto_cost_curve()?;
@@ -376,7 +414,11 @@ impl Session {
                 if let Some((_, m)) = self.auto_memory.iter().find(|(r, _)| *r == rule) {
                     policy.remember(m);
                 }
-                let r = dec.sbd(k, rule, opts.max_new_tokens, Some(&mut policy), on_event);
+                let r = if opts.verify {
+                    dec.sbd_verified(k, rule, opts.max_new_tokens, Some(&mut policy), on_event)
+                } else {
+                    dec.sbd(k, rule, opts.max_new_tokens, Some(&mut policy), on_event)
+                };
                 if policy.learns() {
                     model.store_learned_curve(&policy.corrected());
                 }

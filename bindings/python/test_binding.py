@@ -232,3 +232,18 @@ def test_structured_output_holds_and_bad_constraints_are_errors(model) -> None:
         s.reset()
     with pytest.raises(sb.SetblockError.InvalidOption, match="regex"):
         s.generate(PROMPT, config(constraint=sb.OutputConstraint.REGEX(pattern="(unclosed")), None)
+
+
+def test_verified_sbd_streams_the_ntp_text(model) -> None:
+    s = sb.SbSession(model)
+    want = s.generate(PROMPT, config(mode=sb.DecodeMode.NTP), None)
+    gammas = (0.0, 1e9)  # one slot a forward, a whole block a forward: the fixture's drafts are cut
+    for mode, gamma in [(m, g) for m in (sb.DecodeMode.SBD, sb.DecodeMode.AUTO) for g in gammas]:
+        s.reset()
+        c = Collect()
+        r = s.generate(PROMPT, config(mode=mode, selection=sb.SlotSelection.EB_ENTROPY(gamma=gamma), verify=True), c)
+        streamed = "".join(e.text for e in c.events if isinstance(e, sb.GenerationEvent.BLOCK))
+        assert (r.text, streamed) == (want.text, want.text), (mode, gamma)
+    s.reset()
+    with pytest.raises(sb.SetblockError.InvalidOption, match="temperature 0"):
+        s.generate(PROMPT, config(verify=True, temperature=0.5), None)

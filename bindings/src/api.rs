@@ -176,6 +176,10 @@ pub struct GenerateConfig {
     /// Structured output (default: none).
     #[uniffi(default = None)]
     pub constraint: Option<OutputConstraint>,
+    /// SBD and auto: check every drafted token against the model's own NTP choice before it is
+    /// streamed; greedy output equals NTP decoding's. Needs temperature 0 and no constraint.
+    #[uniffi(default = false)]
+    pub verify: bool,
 }
 
 /// What the output must match (structured output).
@@ -213,6 +217,7 @@ impl Default for GenerateConfig {
             stop: Vec::new(),
             chat_template: None,
             constraint: None,
+            verify: false,
         }
     }
 }
@@ -249,6 +254,7 @@ impl From<&GenerateConfig> for GenerateOptions {
                 OutputConstraint::Lark { grammar } => Constraint::Lark(grammar),
             }),
             forced_tokens: true,
+            verify: c.verify,
         }
     }
 }

@@ -140,6 +140,10 @@ pub struct sb_generate_options {
     pub regex: *const c_char,
     /// Structured output: a Lark grammar, llguidance's syntax (NULL = none).
     pub grammar: *const c_char,
+    /// 1 = SBD and auto check every drafted token against the model's own NTP choice before
+    /// it is streamed (greedy output equals NTP decoding's; needs temperature 0 and no
+    /// constraint), 0 = off (other values are an error).
+    pub verify: c_int,
 }
 
 /// Kind of a streamed event.
@@ -346,6 +350,7 @@ pub extern "C" fn sb_generate_options_default() -> sb_generate_options {
         json_schema: std::ptr::null(),
         regex: std::ptr::null(),
         grammar: std::ptr::null(),
+        verify: 0,
     }
 }
 
@@ -587,6 +592,16 @@ fn config_of(
             ))
         }
     };
+    let verify = match o.verify {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(fail(
+                SB_ERR_OPTION,
+                &format!("options.verify = {v}: must be 1 (check drafts) or 0 (off)"),
+            ))
+        }
+    };
     let mode = match o.mode {
         m if m == sb_mode::SB_MODE_SBD as c_int => DecodeMode::Sbd,
         m if m == sb_mode::SB_MODE_NTP as c_int => DecodeMode::Ntp,
@@ -646,6 +661,7 @@ fn config_of(
         stop: stop.into_iter().collect(),
         chat_template,
         constraint: None,
+        verify,
     })
 }
 

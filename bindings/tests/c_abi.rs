@@ -467,3 +467,48 @@ fn structured_output_through_the_c_abi() {
     sb_session_free(s);
     sb_model_free(m);
 }
+
+#[test]
+fn verified_sbd_through_the_c_abi_gives_the_ntp_text() {
+    let m = load();
+    let mut s = null_mut();
+    assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
+    let p = CString::new("sort 3 1 2").unwrap();
+    let run = |s: *mut sb_session, g: &sb_generate_options| {
+        assert_eq!(sb_session_reset(s), sb_status::SB_OK);
+        let mut stats = sb_stats::default();
+        let mut text = null_mut();
+        assert_eq!(
+            unsafe { sb_generate(s, p.as_ptr(), g, None, null_mut(), &mut stats, &mut text) },
+            sb_status::SB_OK,
+            "{}",
+            last_error()
+        );
+        let out = unsafe { CStr::from_ptr(text) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        unsafe { sb_string_free(text) };
+        (out, stats.generated_tokens)
+    };
+    let mut g = sb_generate_options_default();
+    g.chat_template = 0;
+    g.max_new_tokens = 30;
+    g.block_size = 4;
+    g.gamma = 1e9; // a whole block per forward: the random fixture's drafts are mostly cut
+    let mut ntp = g;
+    ntp.mode = sb_mode::SB_MODE_NTP as c_int;
+    g.verify = 1;
+    let want = run(s, &ntp);
+    assert_eq!(run(s, &g), want);
+    g.mode = sb_mode::SB_MODE_AUTO as c_int;
+    assert_eq!(run(s, &g), want);
+    let mut bad = g;
+    bad.verify = 2;
+    refused(s, &bad, sb_status::SB_ERR_OPTION, "options.verify = 2");
+    let mut sampled = g;
+    sampled.temperature = 0.5;
+    refused(s, &sampled, sb_status::SB_ERR_OPTION, "temperature 0");
+    sb_session_free(s);
+    sb_model_free(m);
+}

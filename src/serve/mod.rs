@@ -631,6 +631,7 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
         chat_template: None,
         constraint,
         forced_tokens: true,
+        verify: ext.and_then(|e| e.verify).unwrap_or(false),
     };
     check(&opts, model).map_err(ApiError::from_runtime)?;
     Ok(opts)
@@ -654,6 +655,7 @@ fn check(opts: &GenerateOptions, model: &Model) -> crate::Result<()> {
     if let Some(s) = opts.selection {
         s.validate()?;
     }
+    opts.check_verify()?;
     opts.sampling.validate()
 }
 

@@ -66,6 +66,7 @@ impl ApiError {
                     "max_new_tokens" => "max_tokens",
                     "block_size" => "setblock.block_size",
                     "gamma" | "tau" | "selection" => "setblock.gamma",
+                    "verify" => "setblock.verify",
                     o => o,
                 };
                 ApiError::bad(param, e.to_string())
@@ -132,6 +133,9 @@ pub struct Extension {
     pub block_size: Option<usize>,
     /// EB-Sampler entropy budget (default: the model's low gamma).
     pub gamma: Option<f64>,
+    /// Check every drafted token against the model's NTP choice before it is sent (greedy
+    /// only; default false).
+    pub verify: Option<bool>,
 }
 
 /// `stream_options`.

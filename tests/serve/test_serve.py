@@ -116,6 +116,15 @@ def test_chat_completion_equals_the_cli_and_counts_forwards(client: openai.OpenA
     assert 0 < extra["forward_passes"] < u.completion_tokens  # SBD: fewer forwards than tokens
 
 
+def test_verified_sbd_answers_as_ntp_does(client: openai.OpenAI) -> None:
+    def ask(ext: dict) -> str:
+        msgs = [{"role": "user", "content": PROMPTS[1]}]
+        r = client.chat.completions.create(model="demo", messages=msgs, temperature=0, extra_body={"setblock": ext})
+        return r.choices[0].message.content or ""
+
+    assert ask({"mode": "sbd", "verify": True}) == ask({"mode": "ntp"})
+
+
 def test_streamed_chat_arrives_in_chunks_and_equals_the_whole(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(
         model="demo", messages=[{"role": "user", "content": PROMPTS[1]}], extra_body=SBD
@@ -185,6 +194,7 @@ def test_a_wrong_api_key_is_refused(server: Server) -> None:
         ({"n": 3}, "n"),
         ({"setblock": {"mode": "fast"}}, "setblock.mode"),
         ({"setblock": {"block_size": 99}}, "setblock.block_size"),
+        ({"temperature": 0.5, "setblock": {"verify": True}}, "setblock.verify"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
         ({"messages": []}, "messages"),
         ({"temperature": "hot"}, "temperature"),

@@ -212,15 +212,25 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut ntp = options(&a.decode, &model, None)?;
     ntp.mode = Mode::Ntp;
     systems.push(("ntp".into(), ntp, true));
+    // with --verify, each SBD and auto system runs unverified and verified, side by side
+    let checks: &[bool] = if a.decode.verify {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for g in gammas.iter().filter(|_| !a.ntp_only) {
-        let mut o = options(&a.decode, &model, Some(*g))?;
-        o.mode = Mode::Sbd;
-        systems.push((format!("sbd gamma={g}"), o.clone(), true));
-        if a.auto {
-            o.mode = Mode::Auto;
-            systems.push((format!("auto gamma={g}"), o.clone(), true));
-            if a.auto_fixed_curve {
-                systems.push((format!("auto gamma={g} (measured curve)"), o, false));
+        for &verify in checks {
+            let tag = if verify { "+verify" } else { "" };
+            let mut o = options(&a.decode, &model, Some(*g))?;
+            o.verify = verify;
+            o.mode = Mode::Sbd;
+            systems.push((format!("sbd{tag} gamma={g}"), o.clone(), true));
+            if a.auto {
+                o.mode = Mode::Auto;
+                systems.push((format!("auto{tag} gamma={g}"), o.clone(), true));
+                if a.auto_fixed_curve {
+                    systems.push((format!("auto{tag} gamma={g} (measured curve)"), o, false));
+                }
             }
         }
     }

@@ -36,7 +36,8 @@ enum Command {
     Chat(ChatArgs),
     /// The model, the execution provider and the memory budget.
     Info(InfoArgs),
-    /// NTP against SBD over a JSONL prompt file: forwards, tokens per forward, tokens/s, accuracy.
+    /// NTP against SBD over a JSONL prompt file: forwards, tokens per forward, tokens/s, accuracy
+    /// (with --verify, each SBD and auto system also runs verified, side by side).
     Bench(BenchArgs),
     /// The cost of one forward against the number of tokens in it, at several past lengths.
     BenchForward(BenchForwardArgs),
@@ -158,6 +159,11 @@ struct DecodeArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// SBD and auto: check every drafted token against the model's own NTP choice before it is
+    /// shown (the checks ride on the next block's first forward); greedy output equals NTP
+    /// decoding's. Needs --temperature 0 and no structured-output constraint.
+    #[arg(long)]
+    verify: bool,
     /// Do not apply the model's chat template.
     #[arg(long)]
     raw: bool,
@@ -284,6 +290,7 @@ fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> anyhow::Result<
         stop: d.stop.clone(),
         chat_template: if d.raw { Some(false) } else { None },
         forced_tokens: true,
+        verify: d.verify,
     })
 }
 

@@ -1,0 +1,205 @@
+//! Verified SBD (`GenerateOptions::verify`): SBD drafts each block as usual, and the model's own
+//! NTP outputs check it for free in the forward that starts the next block, where the block's
+//! tokens are fed causally anyway (method doc section 3). Each drafted token must equal the NTP
+//! choice of the row before it; at the first that does not, the rest of the draft and the new
+//! block are dropped, the cache is cut back to the accepted tokens (exact: a position's K/V
+//! depends only on earlier tokens) and the NTP choice takes its place. A block's first slot is
+//! always the NTP choice of the last causal row, so every forward that checks yields at least one
+//! token. With greedy values the output is the model's NTP greedy output, in about as many
+//! forwards as SBD takes where its drafts hold.
+//!
+//! Only checked tokens are streamed: a block's first slot as the block begins (so the first token
+//! comes as early as in NTP decoding), the rest of it once the next forward has checked it. Until
+//! then the draft lives at the end of `context`, fed causally by that forward, never emitted.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::policy::{AutoPolicy, Shape, Step};
+use crate::select::Selection;
+use crate::stream::{Event, StopReason};
+
+use super::{Clock, Decoded, Decoder};
+
+/// The block drafted last, waiting for the forward that checks it.
+#[derive(Default)]
+struct Draft {
+    /// Its tokens after the first (the NTP choice, emitted when the block began) at the end of
+    /// `context`, not yet emitted (0: none).
+    len: usize,
+    /// The block size it was drafted at (0: no block; for the auto policy).
+    k: usize,
+    /// The forwards that drafted it.
+    forwards: usize,
+}
+
+impl Decoder<'_> {
+    /// `finish`, after dropping an unchecked draft from the context (it was never emitted).
+    fn finish_verified(
+        self,
+        draft: &Draft,
+        out: Vec<u32>,
+        reason: StopReason,
+        clock: Clock,
+        on: &mut dyn FnMut(&Event),
+    ) -> Decoded {
+        let keep = self.context.len() - draft.len;
+        self.context.truncate(keep);
+        self.cache.truncate(keep);
+        self.finish(out, reason, clock, on)
+    }
+
+    /// The SBD loop with every drafted token checked against the model's NTP choice before it
+    /// is emitted; with a policy, each step's block size (or an NTP step) is its choice.
+    pub fn sbd_verified(
+        mut self,
+        k: usize,
+        rule: Selection,
+        max_new: usize,
+        mut policy: Option<&mut AutoPolicy>,
+        on: &mut dyn FnMut(&Event),
+    ) -> Result<Decoded> {
+        let mut clock = self.start_clock()?;
+        if !self.prefill_chunks(&mut clock)? {
+            return Ok(self.finish(Vec::new(), StopReason::Cancelled, clock, on));
+        }
+        let model = self.model;
+        let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
+        let eos = &model.manifest.eos_token_ids;
+        let mut out: Vec<u32> = Vec::with_capacity(max_new);
+        let mut block: Vec<u32> = Vec::with_capacity(k);
+        let mut revealed: Vec<bool> = Vec::with_capacity(k);
+        let mut emitted: Vec<u32> = Vec::with_capacity(k + 1);
+        let mut draft = Draft::default();
+        // forwards since the last emitted tokens (each Event::Block counts its own)
+        let mut since = 0;
+        loop {
+            if self.is_cancelled() {
+                return Ok(self.finish_verified(&draft, out, StopReason::Cancelled, clock, on));
+            }
+            // this step's block: its first slot is the NTP choice of this forward, the others
+            // drafted; none (0) when the output is full or ends, or for an NTP step
+            let room = max_new - out.len() - draft.len;
+            let ends_in_eos = draft.len > 0 && self.context.last().is_some_and(|t| eos.contains(t));
+            let k = if room == 0 || ends_in_eos {
+                0
+            } else {
+                match policy.as_deref_mut().map(AutoPolicy::choose) {
+                    Some(Step::Ntp) => 0,
+                    Some(Step::Block(b)) => b,
+                    None => k,
+                }
+            };
+            // a block of one slot is an NTP step
+            let kk = if k.min(room) < 2 { 0 } else { k.min(room) };
+            let t0 = Instant::now();
+            let causal = self.pending_into_input();
+            let shape = match causal {
+                _ if kk != k || k < 2 => None,
+                c if c == k => Some(Shape::First(k)),
+                _ => None,
+            };
+            block.clear();
+            block.resize(kk, mask_id);
+            revealed.clear();
+            revealed.resize(kk, false);
+            self.input.extend_from_slice(&block);
+            // rows: the token before the draft and the draft's (each gives the NTP choice of the
+            // token after it), then the block's slots after the first
+            let checked = draft.len + 1;
+            self.buf
+                .keep((causal - checked..causal).chain((1..kk).map(|s| causal + s)));
+            if !self.forward(causal, &mut clock, on)? {
+                return Ok(self.finish_verified(&draft, out, StopReason::Cancelled, clock, on));
+            }
+            since += 1;
+            // the first drafted token that is not the NTP choice of the row before it
+            let base = self.context.len() - draft.len;
+            let row = |r: usize| &self.buf.logits[r * vocab..(r + 1) * vocab];
+            let mut accepted = draft.len;
+            let mut next = None;
+            for i in 0..draft.len {
+                let t = self
+                    .sampler
+                    .choose(row(i), mask_id, &self.context[..base + i]);
+                if t != self.context[base + i] {
+                    (accepted, next) = (i, Some(t));
+                    break;
+                }
+            }
+            let cut = next.is_some();
+            let next = match next {
+                Some(t) => t,
+                None => self.sampler.choose(row(draft.len), mask_id, self.context),
+            };
+            if let (Some(p), true) = (policy.as_deref_mut(), draft.k > 0) {
+                p.observe(draft.k, 1 + accepted, draft.forwards);
+            }
+            emitted.clear();
+            emitted.extend_from_slice(&self.context[base..base + accepted]);
+            self.context.truncate(base);
+            self.cache.truncate(base + accepted);
+            draft = Draft::default();
+            // the NTP choice is emitted now: a correction, an NTP step's token, or the first
+            // slot of the block this forward began
+            let ended = emitted.last().is_some_and(|t| eos.contains(t));
+            if !ended && out.len() + emitted.len() < max_new {
+                emitted.push(next);
+            }
+            if !emitted.is_empty() {
+                if let Some(reason) = self.emit(&emitted, since, &mut out, &mut clock, on) {
+                    return Ok(self.finish(out, reason, clock, on));
+                }
+                since = 0;
+            }
+            if out.len() >= max_new {
+                return Ok(self.finish(out, StopReason::MaxTokens, clock, on));
+            }
+            if cut || kk == 0 {
+                // no block, or one begun after a wrong token: its slots are dropped
+                continue;
+            }
+            // the block: slot 0 is the NTP choice (emitted), the others revealed by `rule`
+            // from this forward's rows and then by forwards of the block alone
+            block[0] = next;
+            revealed[0] = true;
+            let mut end = kk;
+            let mut forwards = 1;
+            self.reveal(rule, &mut block, &mut revealed, end, checked);
+            if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
+                p.observe_forward(s, t0.elapsed().as_secs_f64());
+            }
+            loop {
+                if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
+                    end = i + 1;
+                }
+                if !revealed[..end].contains(&false) {
+                    break;
+                }
+                if self.is_cancelled() {
+                    return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                }
+                let t0 = Instant::now();
+                self.input.clear();
+                self.input.extend_from_slice(&block[..end]);
+                self.buf.keep((0..end).filter(|&s| !revealed[s]));
+                if !self.forward(0, &mut clock, on)? {
+                    return Ok(self.finish(out, StopReason::Cancelled, clock, on));
+                }
+                forwards += 1;
+                since += 1;
+                self.reveal(rule, &mut block, &mut revealed, end, 0);
+                if let (Some(p), true) = (policy.as_deref_mut(), end == k) {
+                    p.observe_forward(Shape::Next(k), t0.elapsed().as_secs_f64());
+                }
+            }
+            clock.blocks += 1;
+            self.context.extend_from_slice(&block[1..end]);
+            draft = Draft {
+                len: end - 1,
+                k,
+                forwards,
+            };
+        }
+    }
+}

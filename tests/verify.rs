@@ -1,0 +1,165 @@
+//! Verified SBD (`GenerateOptions::verify`): with greedy values its output is the model's NTP
+//! greedy output, whatever SBD drafts. The tiny-llama fixture (random weights, never trained on
+//! SBD) drafts badly, so the cut-and-correct path runs on nearly every block.
+
+mod common;
+
+use setblock::{
+    Constraint, Event, GenerateOptions, Mode, Sampling, Selection, Session, StopReason,
+};
+
+fn ntp(s: &mut Session, prompt: &[u32], max_new: usize) -> setblock::Output {
+    s.reset();
+    let opts = GenerateOptions {
+        mode: Mode::Ntp,
+        max_new_tokens: max_new,
+        ..GenerateOptions::default()
+    };
+    s.generate_tokens(prompt, &opts, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn verified_sbd_and_auto_give_the_ntp_greedy_output() {
+    let model = common::model();
+    let mut s = Session::new(model.clone()).unwrap();
+    let max_k = model.manifest.block_sizes.max.min(8);
+    let mut checked = 0;
+    for case in common::golden().iter().take(4) {
+        for max_new in [1, 2, 7, 24] {
+            let want = ntp(&mut s, &case.prompt_ids, max_new);
+            for mode in [Mode::Sbd, Mode::Auto] {
+                for k in [2, max_k] {
+                    for gamma in [0.0, 0.5, 1e9] {
+                        s.reset();
+                        let opts = GenerateOptions {
+                            mode,
+                            block_size: Some(k),
+                            selection: Some(Selection::EbEntropy { gamma }),
+                            max_new_tokens: max_new,
+                            verify: true,
+                            ..GenerateOptions::default()
+                        };
+                        let mut streamed = Vec::new();
+                        let mut forwards = 0;
+                        let got = s
+                            .generate_tokens(&case.prompt_ids, &opts, &mut |e| {
+                                if let Event::Block {
+                                    tokens,
+                                    forwards: f,
+                                    ..
+                                } = e
+                                {
+                                    streamed.extend_from_slice(tokens);
+                                    forwards += f;
+                                }
+                            })
+                            .unwrap();
+                        let what = format!("{mode:?} k={k} gamma={gamma} max_new={max_new}");
+                        assert_eq!(got.tokens, want.tokens, "{what}");
+                        assert_eq!(got.text, want.text, "{what}");
+                        assert_eq!(got.stats.stop_reason, want.stats.stop_reason, "{what}");
+                        // only checked tokens are streamed, each once
+                        assert_eq!(streamed, got.tokens, "{what}");
+                        // a whole block per forward: each forward yields a token (its first
+                        // slot, or the correction), but a last one that only checks
+                        assert!(
+                            gamma < 1e9 || got.stats.forward_passes <= got.tokens.len() + 1,
+                            "{what}: {} forwards for {} tokens",
+                            got.stats.forward_passes,
+                            got.tokens.len()
+                        );
+                        assert!(forwards <= got.stats.forward_passes, "{what}");
+                        // the session holds the prompt and the output, nothing drafted
+                        let mut context = case.prompt_ids.clone();
+                        context.extend_from_slice(&got.tokens);
+                        assert_eq!(s.context_tokens(), &context[..], "{what}");
+                        assert!(s.cache().len() <= context.len(), "{what}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 4 * 2 * 2 * 3);
+}
+
+#[test]
+fn a_conversation_goes_on_after_a_verified_turn() {
+    let model = common::model();
+    let prompt = &common::golden()[0].prompt_ids;
+    let turn = |verify: bool| {
+        let mut s = Session::new(model.clone()).unwrap();
+        let mut opts = GenerateOptions {
+            block_size: Some(4),
+            max_new_tokens: 9,
+            verify,
+            ..GenerateOptions::default()
+        };
+        if !verify {
+            opts.mode = Mode::Ntp;
+        }
+        let a = s.generate_tokens(prompt, &opts, &mut |_| {}).unwrap();
+        let b = s.generate_tokens(&[5, 6, 7], &opts, &mut |_| {}).unwrap();
+        (a.tokens, b.tokens)
+    };
+    assert_eq!(turn(true), turn(false));
+}
+
+#[test]
+fn a_cancelled_verified_run_keeps_no_draft() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    let prompt = &common::golden()[1].prompt_ids;
+    let handle = s.cancel_handle();
+    let opts = GenerateOptions {
+        block_size: Some(4),
+        selection: Some(Selection::EbEntropy { gamma: 1e9 }),
+        max_new_tokens: 40,
+        verify: true,
+        ..GenerateOptions::default()
+    };
+    let out = s
+        .generate_tokens(prompt, &opts, &mut |e| {
+            if matches!(e, Event::Block { tokens, .. } if !tokens.is_empty()) {
+                handle.cancel();
+            }
+        })
+        .unwrap();
+    assert_eq!(out.stats.stop_reason, StopReason::Cancelled);
+    assert!(!out.tokens.is_empty() && out.tokens.len() < 40);
+    let mut context = prompt.clone();
+    context.extend_from_slice(&out.tokens);
+    assert_eq!(s.context_tokens(), &context[..]);
+    assert!(s.cache().len() <= context.len());
+}
+
+#[test]
+fn verify_refuses_what_it_cannot_check() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    let prompt = &common::golden()[0].prompt_ids;
+    let sampled = GenerateOptions {
+        verify: true,
+        sampling: Sampling {
+            temperature: 0.7,
+            ..Sampling::default()
+        },
+        ..GenerateOptions::default()
+    };
+    let e = s
+        .generate_tokens(prompt, &sampled, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("verify") && e.contains("temperature 0"), "{e}");
+    let constrained = GenerateOptions {
+        verify: true,
+        constraint: Some(Constraint::Regex("[a-z]+".into())),
+        ..GenerateOptions::default()
+    };
+    let e = s
+        .generate_tokens(prompt, &constrained, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("verify") && e.contains("constraint"), "{e}");
+    assert!(s.context_tokens().is_empty(), "refused before anything ran");
+}
