@@ -323,7 +323,8 @@ impl Decoder<'_> {
 
     /// Score the masked slots before `end` (their logits rows in this forward's kept rows from
     /// `row0` on, in slot order), let `rule` choose, and reveal its choice; `self.scores` keeps
-    /// the scored slots in the rule's order.
+    /// the scored slots in the rule's order. With `dists`, each revealed slot's value is drawn
+    /// from the distribution left in `dists[slot]` (verified SBD's sampled drafts).
     fn reveal(
         &mut self,
         rule: Selection,
@@ -331,6 +332,7 @@ impl Decoder<'_> {
         revealed: &mut [bool],
         end: usize,
         row0: usize,
+        mut dists: Option<&mut [Vec<(f32, u32)>]>,
     ) {
         let (mask_id, vocab) = (
             self.model.manifest.mask_token_id,
@@ -350,11 +352,14 @@ impl Decoder<'_> {
         let n = select(rule, self.scores);
         for i in 0..n {
             let SlotScore { slot, row, .. } = self.scores[i];
-            block[slot] = self.sampler.choose(
-                &self.buf.logits[row * vocab..(row + 1) * vocab],
-                mask_id,
-                self.context,
-            );
+            let logits = &self.buf.logits[row * vocab..(row + 1) * vocab];
+            block[slot] = match dists.as_deref_mut() {
+                Some(d) => {
+                    self.sampler
+                        .choose_recorded(logits, mask_id, self.context, &mut d[slot])
+                }
+                None => self.sampler.choose(logits, mask_id, self.context),
+            };
             revealed[slot] = true;
         }
     }
@@ -520,7 +525,7 @@ impl Decoder<'_> {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
                 forwards += 1;
-                self.reveal(rule, &mut block, &mut revealed, end, 0);
+                self.reveal(rule, &mut block, &mut revealed, end, 0, None);
                 // the forward and the work on its logits: what a step of this shape costs
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());

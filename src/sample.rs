@@ -198,12 +198,27 @@ impl Sampler {
         }
     }
 
+    /// Whether values are the argmax (temperature 0), not drawn.
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.cfg.temperature == 0.0
+    }
+
     /// The value of one slot from its logits. `context` holds the tokens the repetition
     /// penalty applies to.
     pub fn choose(&mut self, logits: &[f32], mask_id: u32, context: &[u32]) -> u32 {
+        match self.prepare(logits, mask_id, context) {
+            Prepared::Token(t) => t,
+            Prepared::Weights(z) => self.draw(z),
+        }
+    }
+
+    /// Everything `choose` does before its draw: the token itself when no draw is needed
+    /// (greedy, or a degenerate row), else the weights in `self.order` (most likely first,
+    /// truncated by top-k and top-p) and their sum.
+    fn prepare(&mut self, logits: &[f32], mask_id: u32, context: &[u32]) -> Prepared {
         let c = self.cfg;
         if c.temperature == 0.0 && c.repetition_penalty == 1.0 {
-            return argmax(logits, mask_id);
+            return Prepared::Token(argmax(logits, mask_id));
         }
         self.row.clear();
         self.row.extend_from_slice(logits);
@@ -219,7 +234,7 @@ impl Sampler {
             }
         }
         if c.temperature == 0.0 {
-            return argmax(&self.row, mask_id);
+            return Prepared::Token(argmax(&self.row, mask_id));
         }
         self.order.clear();
         for (i, &v) in self.row.iter().enumerate() {
@@ -234,10 +249,10 @@ impl Sampler {
         }
         // no finite logit but the mask's (a broken graph's NaN/inf row): the greedy rule's pick
         let Some(&(m, top)) = self.order.first() else {
-            return argmax(&self.row, mask_id);
+            return Prepared::Token(argmax(&self.row, mask_id));
         };
         if !m.is_finite() {
-            return top; // a logit so large that dividing it by the temperature overflowed
+            return Prepared::Token(top); // a logit so large that dividing it by the temperature overflowed
         }
         let mut z = 0.0f64;
         for e in self.order.iter_mut() {
@@ -257,6 +272,11 @@ impl Sampler {
             self.order.truncate(keep);
             z = self.order.iter().map(|e| f64::from(e.0)).sum();
         }
+        Prepared::Weights(z)
+    }
+
+    /// One draw from the weights `prepare` left in `self.order` (sum `z`).
+    fn draw(&mut self, z: f64) -> u32 {
         let mut u = self.rng.random::<f64>() * z;
         for e in &self.order {
             u -= f64::from(e.0);
@@ -266,11 +286,153 @@ impl Sampler {
         }
         self.order.last().map_or(0, |e| e.1)
     }
+
+    /// The distribution `choose` draws from, as (probability, token) pairs (one pair of
+    /// probability 1 where it needs no draw).
+    pub(crate) fn distribution(
+        &mut self,
+        logits: &[f32],
+        mask_id: u32,
+        context: &[u32],
+        out: &mut Vec<(f32, u32)>,
+    ) {
+        out.clear();
+        match self.prepare(logits, mask_id, context) {
+            Prepared::Token(t) => out.push((1.0, t)),
+            Prepared::Weights(z) => out.extend(
+                self.order
+                    .iter()
+                    .map(|&(w, t)| ((f64::from(w) / z) as f32, t)),
+            ),
+        }
+    }
+
+    /// `choose`, also leaving the distribution it drew from in `out` (as `distribution`).
+    pub(crate) fn choose_recorded(
+        &mut self,
+        logits: &[f32],
+        mask_id: u32,
+        context: &[u32],
+        out: &mut Vec<(f32, u32)>,
+    ) -> u32 {
+        self.distribution(logits, mask_id, context, out);
+        if let [(_, t)] = out[..] {
+            return t;
+        }
+        let z: f64 = out.iter().map(|e| f64::from(e.0)).sum();
+        let mut u = self.rng.random::<f64>() * z;
+        for e in out.iter() {
+            u -= f64::from(e.0);
+            if u <= 0.0 {
+                return e.1;
+            }
+        }
+        out.last().map_or(0, |e| e.1)
+    }
+
+    /// Speculative sampling's check of a drafted token `d` drawn from `q` against the target
+    /// distribution `p` (both from `distribution`): `None` keeps it (with probability
+    /// min(1, p(d)/q(d))), else `Some` of a token drawn from the residual max(0, p - q),
+    /// normalised. Kept or replaced, the token is distributed as `p` (Leviathan et al. 2023).
+    /// `dense` is scratch (vocabulary-sized, left all zero).
+    pub(crate) fn check(
+        &mut self,
+        d: u32,
+        q: &[(f32, u32)],
+        p: &[(f32, u32)],
+        dense: &mut Vec<f32>,
+    ) -> Option<u32> {
+        let prob = |dist: &[(f32, u32)]| {
+            dist.iter()
+                .find(|e| e.1 == d)
+                .map_or(0.0, |e| f64::from(e.0))
+        };
+        let (pd, qd) = (prob(p), prob(q));
+        if qd > 0.0 && self.rng.random::<f64>() * qd < pd {
+            return None;
+        }
+        let top = p
+            .iter()
+            .chain(q)
+            .map(|e| e.1 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if dense.len() < top {
+            dense.resize(top, 0.0);
+        }
+        for &(w, t) in q {
+            dense[t as usize] = w;
+        }
+        let residual =
+            |e: &(f32, u32), dense: &[f32]| f64::from((e.0 - dense[e.1 as usize]).max(0.0));
+        let z: f64 = p.iter().map(|e| residual(e, dense)).sum();
+        let mut pick = None;
+        if z > 0.0 {
+            let mut u = self.rng.random::<f64>() * z;
+            for e in p {
+                u -= residual(e, dense);
+                if u <= 0.0 {
+                    pick = Some(e.1);
+                    break;
+                }
+            }
+        }
+        for &(_, t) in q {
+            dense[t as usize] = 0.0;
+        }
+        // p == q up to rounding: the residual is empty, and p's most likely token stands in
+        Some(pick.or_else(|| p.first().map(|e| e.1)).unwrap_or(d))
+    }
+}
+
+/// What `Sampler::prepare` leaves for the draw.
+enum Prepared {
+    /// No draw needed.
+    Token(u32),
+    /// Weights in `Sampler::order`, with their sum.
+    Weights(f64),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Speculative sampling: a token drawn from q, kept or replaced by `check`, is distributed
+    /// as p, also where q puts mass on tokens p never draws and misses tokens p draws.
+    #[test]
+    fn checked_drafts_are_distributed_as_the_target() {
+        let q = [(0.5f32, 3u32), (0.3, 0), (0.2, 7)];
+        let p = [(0.4f32, 0u32), (0.35, 2), (0.25, 3)];
+        let mut s = Sampler::new(Sampling {
+            temperature: 1.0,
+            seed: 9,
+            ..Sampling::default()
+        });
+        let mut dense = Vec::new();
+        let n = 200_000;
+        let mut counts = [0usize; 8];
+        let mut kept = 0;
+        for _ in 0..n {
+            let mut u = s.rng.random::<f32>();
+            let d = q.iter().find(|e| {
+                u -= e.0;
+                u <= 0.0
+            });
+            let d = d.map_or(q[2].1, |e| e.1);
+            let t = s.check(d, &q, &p, &mut dense);
+            kept += usize::from(t.is_none());
+            counts[t.unwrap_or(d) as usize] += 1;
+        }
+        for (prob, t) in p {
+            let f = counts[t as usize] as f32 / n as f32;
+            assert!((f - prob).abs() < 0.005, "token {t}: {f} vs {prob}");
+        }
+        assert_eq!(counts[7] + counts[1], 0);
+        // kept with probability sum over x of min(p, q) = 0.3 + 0.25
+        let k = kept as f32 / n as f32;
+        assert!((k - 0.55).abs() < 0.005, "{k}");
+        assert!(dense.iter().all(|&x| x == 0.0));
+    }
 
     /// Found by fuzz/fuzz_targets/sampling.rs: a sampled draw from a row with no finite logit
     /// but the mask's indexed an empty list (a panic, SB_ERR_PANIC through the C ABI). Such a

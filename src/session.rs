@@ -44,8 +44,8 @@ pub struct GenerateOptions {
     /// SBD and `auto`: check every drafted token against the model's own NTP choice before it
     /// is emitted (`decode::verify`): the checks ride on the forward that starts the next block,
     /// a wrong token and what follows it are replaced by the NTP choice. With greedy values the
-    /// output is the model's NTP greedy output. Default false (the paper's SBD). Needs
-    /// temperature 0 and no constraint for now.
+    /// output is the model's NTP greedy output; sampled, it is distributed as NTP sampling's
+    /// (speculative sampling). Default false (the paper's SBD). Not with a constraint yet.
     pub verify: bool,
 }
 
@@ -67,19 +67,8 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
-    /// `verify` with options it cannot serve (sampling, a constraint) is an error naming them.
+    /// `verify` with an option it cannot serve (a constraint) is an error naming it.
     pub fn check_verify(&self) -> Result<()> {
-        if self.verify && self.sampling.temperature != 0.0 {
-            return Err(Error::InvalidOption {
-                option: "verify",
-                value: "true".into(),
-                constraint: format!(
-                    "checks drafts against greedy NTP choices: it needs temperature 0 (got {}); \
-                     turn verify off to sample",
-                    self.sampling.temperature
-                ),
-            });
-        }
         if self.verify && self.constraint.is_some() {
             return Err(Error::InvalidOption {
                 option: "verify",

@@ -134,23 +134,10 @@ fn a_cancelled_verified_run_keeps_no_draft() {
 }
 
 #[test]
-fn verify_refuses_what_it_cannot_check() {
+fn verify_refuses_a_constraint() {
     let model = common::model();
     let mut s = Session::new(model).unwrap();
     let prompt = &common::golden()[0].prompt_ids;
-    let sampled = GenerateOptions {
-        verify: true,
-        sampling: Sampling {
-            temperature: 0.7,
-            ..Sampling::default()
-        },
-        ..GenerateOptions::default()
-    };
-    let e = s
-        .generate_tokens(prompt, &sampled, &mut |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("verify") && e.contains("temperature 0"), "{e}");
     let constrained = GenerateOptions {
         verify: true,
         constraint: Some(Constraint::Regex("[a-z]+".into())),
@@ -162,4 +149,85 @@ fn verify_refuses_what_it_cannot_check() {
         .to_string();
     assert!(e.contains("verify") && e.contains("constraint"), "{e}");
     assert!(s.context_tokens().is_empty(), "refused before anything ran");
+}
+
+/// Sampled values through the speculative-sampling check: with top-k 1 every distribution is
+/// one token, so the output must be the greedy NTP output.
+#[test]
+fn sampled_verification_with_one_candidate_is_greedy() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    for case in common::golden().iter().take(3) {
+        let want = ntp(&mut s, &case.prompt_ids, 20);
+        for mode in [Mode::Sbd, Mode::Auto] {
+            s.reset();
+            let opts = GenerateOptions {
+                mode,
+                block_size: Some(4),
+                selection: Some(Selection::EbEntropy { gamma: 1e9 }),
+                max_new_tokens: 20,
+                verify: true,
+                sampling: Sampling {
+                    temperature: 0.8,
+                    top_k: 1,
+                    seed: 3,
+                    ..Sampling::default()
+                },
+                ..GenerateOptions::default()
+            };
+            let got = s
+                .generate_tokens(&case.prompt_ids, &opts, &mut |_| {})
+                .unwrap();
+            assert_eq!(got.tokens, want.tokens, "{mode:?}");
+        }
+    }
+}
+
+/// The second token of a sampled verified run (a drafted slot, checked) is distributed as NTP
+/// sampling's second token; unverified SBD's is not (the fixture's masked-slot distribution is
+/// another one).
+#[test]
+fn sampled_verification_keeps_the_ntp_distribution() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    let prompt = &common::golden()[0].prompt_ids;
+    let runs = 3000;
+    let histogram = |s: &mut Session, mode: Mode, verify: bool| {
+        let mut h = std::collections::HashMap::<u32, f64>::new();
+        for seed in 0..runs {
+            s.reset();
+            let opts = GenerateOptions {
+                mode,
+                block_size: Some(4),
+                selection: Some(Selection::EbEntropy { gamma: 1e9 }),
+                max_new_tokens: 2,
+                verify,
+                sampling: Sampling {
+                    temperature: 0.7,
+                    top_k: 6,
+                    seed,
+                    ..Sampling::default()
+                },
+                ..GenerateOptions::default()
+            };
+            let out = s.generate_tokens(prompt, &opts, &mut |_| {}).unwrap();
+            *h.entry(out.tokens[1]).or_default() += 1.0 / runs as f64;
+        }
+        h
+    };
+    let tv = |a: &std::collections::HashMap<u32, f64>, b: &std::collections::HashMap<u32, f64>| {
+        let keys: std::collections::HashSet<_> = a.keys().chain(b.keys()).collect();
+        keys.iter()
+            .map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs())
+            .sum::<f64>()
+            / 2.0
+    };
+    let ntp = histogram(&mut s, Mode::Ntp, false);
+    let verified = histogram(&mut s, Mode::Sbd, true);
+    let plain = histogram(&mut s, Mode::Sbd, false);
+    let (d_verified, d_plain) = (tv(&verified, &ntp), tv(&plain, &ntp));
+    assert!(
+        d_verified < 0.05 && d_plain > 3.0 * d_verified,
+        "total variation from NTP sampling: verified {d_verified:.3}, unverified {d_plain:.3}"
+    );
 }

@@ -245,5 +245,5 @@ def test_verified_sbd_streams_the_ntp_text(model) -> None:
         streamed = "".join(e.text for e in c.events if isinstance(e, sb.GenerationEvent.BLOCK))
         assert (r.text, streamed) == (want.text, want.text), (mode, gamma)
     s.reset()
-    with pytest.raises(sb.SetblockError.InvalidOption, match="temperature 0"):
-        s.generate(PROMPT, config(verify=True, temperature=0.5), None)
+    with pytest.raises(sb.SetblockError.InvalidOption, match="constraint"):
+        s.generate(PROMPT, config(verify=True, constraint=sb.OutputConstraint.REGEX(pattern="[a-z]+")), None)

@@ -177,7 +177,8 @@ pub struct GenerateConfig {
     #[uniffi(default = None)]
     pub constraint: Option<OutputConstraint>,
     /// SBD and auto: check every drafted token against the model's own NTP choice before it is
-    /// streamed; greedy output equals NTP decoding's. Needs temperature 0 and no constraint.
+    /// streamed: greedy output equals NTP decoding's, sampled output is distributed as NTP
+    /// sampling's. Not with a constraint.
     #[uniffi(default = false)]
     pub verify: bool,
 }

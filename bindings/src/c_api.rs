@@ -141,8 +141,8 @@ pub struct sb_generate_options {
     /// Structured output: a Lark grammar, llguidance's syntax (NULL = none).
     pub grammar: *const c_char,
     /// 1 = SBD and auto check every drafted token against the model's own NTP choice before
-    /// it is streamed (greedy output equals NTP decoding's; needs temperature 0 and no
-    /// constraint), 0 = off (other values are an error).
+    /// it is streamed (greedy output equals NTP decoding's, sampled output is distributed as
+    /// NTP sampling's; not with a constraint), 0 = off (other values are an error).
     pub verify: c_int,
 }
 

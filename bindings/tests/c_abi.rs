@@ -506,9 +506,10 @@ fn verified_sbd_through_the_c_abi_gives_the_ntp_text() {
     let mut bad = g;
     bad.verify = 2;
     refused(s, &bad, sb_status::SB_ERR_OPTION, "options.verify = 2");
-    let mut sampled = g;
-    sampled.temperature = 0.5;
-    refused(s, &sampled, sb_status::SB_ERR_OPTION, "temperature 0");
+    let rx = CString::new("[a-z]+").unwrap();
+    let mut constrained = g;
+    constrained.regex = rx.as_ptr();
+    refused(s, &constrained, sb_status::SB_ERR_OPTION, "constraint");
     sb_session_free(s);
     sb_model_free(m);
 }

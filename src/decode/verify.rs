@@ -6,7 +6,10 @@
 //! depends only on earlier tokens) and the NTP choice takes its place. A block's first slot is
 //! always the NTP choice of the last causal row, so every forward that checks yields at least one
 //! token. With greedy values the output is the model's NTP greedy output, in about as many
-//! forwards as SBD takes where its drafts hold.
+//! forwards as SBD takes where its drafts hold. With sampled values a drafted token is kept
+//! with probability min(1, p/q) (p: the NTP distribution, q: the one its slot was drawn from)
+//! and otherwise replaced by a draw from max(0, p - q): speculative sampling (Leviathan et al.
+//! 2023), so the output is distributed as NTP sampling's.
 //!
 //! Only checked tokens are streamed: a block's first slot as the block begins (so the first token
 //! comes as early as in NTP decoding), the rest of it once the next forward has checked it. Until
@@ -71,6 +74,12 @@ impl Decoder<'_> {
         let mut revealed: Vec<bool> = Vec::with_capacity(k);
         let mut emitted: Vec<u32> = Vec::with_capacity(k + 1);
         let mut draft = Draft::default();
+        // sampled values: the distribution each block slot was drawn from, the target one of
+        // the token being checked, and scratch (speculative sampling, `Sampler::check`)
+        let greedy = self.sampler.is_greedy();
+        let mut drawn_from: Vec<Vec<(f32, u32)>> = vec![Vec::new(); if greedy { 0 } else { k }];
+        let mut target: Vec<(f32, u32)> = Vec::new();
+        let mut dense: Vec<f32> = Vec::new();
         // forwards since the last emitted tokens (each Event::Block counts its own)
         let mut since = 0;
         loop {
@@ -119,11 +128,18 @@ impl Decoder<'_> {
             let mut accepted = draft.len;
             let mut next = None;
             for i in 0..draft.len {
-                let t = self
-                    .sampler
-                    .choose(row(i), mask_id, &self.context[..base + i]);
-                if t != self.context[base + i] {
-                    (accepted, next) = (i, Some(t));
+                let (d, before) = (self.context[base + i], &self.context[..base + i]);
+                let replaced = if greedy {
+                    Some(self.sampler.choose(row(i), mask_id, before)).filter(|&t| t != d)
+                } else {
+                    // draft token i is block slot i + 1
+                    self.sampler
+                        .distribution(row(i), mask_id, before, &mut target);
+                    self.sampler
+                        .check(d, &drawn_from[i + 1], &target, &mut dense)
+                };
+                if replaced.is_some() {
+                    (accepted, next) = (i, replaced);
                     break;
                 }
             }
@@ -165,7 +181,8 @@ impl Decoder<'_> {
             revealed[0] = true;
             let mut end = kk;
             let mut forwards = 1;
-            self.reveal(rule, &mut block, &mut revealed, end, checked);
+            let record = (!greedy).then_some(&mut drawn_from[..]);
+            self.reveal(rule, &mut block, &mut revealed, end, checked, record);
             if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                 p.observe_forward(s, t0.elapsed().as_secs_f64());
             }
@@ -188,7 +205,8 @@ impl Decoder<'_> {
                 }
                 forwards += 1;
                 since += 1;
-                self.reveal(rule, &mut block, &mut revealed, end, 0);
+                let record = (!greedy).then_some(&mut drawn_from[..]);
+                self.reveal(rule, &mut block, &mut revealed, end, 0, record);
                 if let (Some(p), true) = (policy.as_deref_mut(), end == k) {
                     p.observe_forward(Shape::Next(k), t0.elapsed().as_secs_f64());
                 }

@@ -160,8 +160,9 @@ struct DecodeArgs {
     #[arg(long)]
     stop: Vec<String>,
     /// SBD and auto: check every drafted token against the model's own NTP choice before it is
-    /// shown (the checks ride on the next block's first forward); greedy output equals NTP
-    /// decoding's. Needs --temperature 0 and no structured-output constraint.
+    /// shown (the checks ride on the next block's first forward): greedy output equals NTP
+    /// decoding's, sampled output is distributed as NTP sampling's. Not with a structured-output
+    /// constraint.
     #[arg(long)]
     verify: bool,
     /// Do not apply the model's chat template.
