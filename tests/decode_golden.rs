@@ -1,5 +1,5 @@
 //! The runtime against the Python reference decoder (tests/fixtures/tiny-llama/golden.json):
-//! NTP and SBD tokens and forward counts, for several block sizes and gammas.
+//! NTP, SBD and verified SBD tokens and forward counts, for several block sizes and gammas.
 
 mod common;
 
@@ -15,6 +15,7 @@ fn options(c: &common::Case) -> GenerateOptions {
         block_size: Some(c.block_size),
         selection: Some(Selection::EbEntropy { gamma: c.gamma }),
         max_new_tokens: c.max_new_tokens,
+        verify: c.mode == "sbd_verified",
         ..GenerateOptions::default()
     }
 }

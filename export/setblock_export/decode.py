@@ -207,6 +207,68 @@ class Reference:
             pending = block
         return Result(out, forwards, per_forward)
 
+    def _reveal(self, rows: np.ndarray, block: list[int], revealed: list[bool], end: int, gamma: float) -> int:
+        """EB-Sampler over the masked slots before ``end`` (``rows[i]``: slot i's logits); returns
+        the new end (a revealed EOS ends the block)."""
+        todo = [i for i in range(end) if not revealed[i]]
+        ent = sorted((self._entropy(rows[i]), i) for i in todo)
+        chosen, acc = [ent[0][1]], ent[0][0]
+        for h, i in ent[1:]:
+            if acc > gamma:
+                break
+            chosen.append(i)
+            acc += h
+        for i in chosen:
+            block[i] = self._greedy(rows[i])
+            revealed[i] = True
+        eos = set(self.m["eos_token_ids"])
+        return next((i + 1 for i in range(end) if revealed[i] and block[i] in eos), end)
+
+    def sbd_verified(self, prompt: list[int], block_size: int, gamma: float, max_new: int) -> Result:
+        """Verified SBD (docs/sbd-verified.md), greedy: SBD drafts a block whose first slot is the
+        NTP choice; the forward that starts the next block checks each drafted token against the
+        NTP choice of the row before it, keeps the run that agrees and replaces the first that
+        does not. The output is ``ntp``'s."""
+        eos = set(self.m["eos_token_ids"])
+        mask_id = self.m["mask_token_id"]
+        cache = self.empty_cache()
+        pending, draft, out, forwards = list(prompt), [], [], 0  # pending: final tokens not cached
+        while True:
+            room = max_new - len(out) - len(draft)
+            k = 0 if room == 0 or (draft and draft[-1] in eos) else min(block_size, room)
+            k = k if k >= 2 else 0
+            logits, presents = self.step(cache, pending + draft, [mask_id] * k)
+            forwards += 1
+            n = len(pending) + len(draft)
+            rows = logits[n - len(draft) - 1 : n]  # the token before the draft, then the draft's
+            ok = next((i for i, t in enumerate(draft) if self._greedy(rows[i]) != t), len(draft))
+            cache = self.commit(cache, presents, len(pending) + ok)
+            nxt = self._greedy(rows[ok])
+            out += draft[:ok]
+            cut = ok < len(draft)
+            if out and out[-1] in eos:
+                return Result(out, forwards)
+            if len(out) < max_new:
+                out.append(nxt)
+            if nxt in eos or len(out) >= max_new:
+                return Result(out, forwards)
+            pending, draft = [nxt], []
+            if cut or k == 0:
+                continue
+            block, revealed = [nxt] + [mask_id] * (k - 1), [True] + [False] * (k - 1)
+            end = k
+            slots = logits[n:]
+            while True:
+                if all(revealed[:end]):
+                    break
+                end = self._reveal(slots, block, revealed, end, gamma)
+                if all(revealed[:end]):
+                    break
+                slots, _ = self.step(cache, [], block[:end])
+                forwards += 1
+            end = next((i + 1 for i in range(end) if block[i] in eos), end)
+            draft = block[1:end]
+
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's tokens as training lays them out (data.py): BOS first, unless the text
         already starts with it (a rendered chat prompt: SmolLM2's BOS is <|im_start|>)."""

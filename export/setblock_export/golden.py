@@ -20,7 +20,8 @@ MAX_NEW = 24
 
 
 def write_golden(folder: Path, out: Path) -> None:
-    """Decode every prompt in NTP mode and in SBD mode over block sizes x gammas (ONNX backend)."""
+    """Decode every prompt in NTP mode, and in SBD and verified SBD mode over block sizes x gammas
+    (ONNX backend)."""
     ref = Reference.load(folder, onnx=True)
     cases = []
     for prompt in PROMPTS:
@@ -41,5 +42,9 @@ def write_golden(folder: Path, out: Path) -> None:
                         "forwards": r.forwards,
                         "revealed_per_forward": r.per_forward,
                     }
+                )
+                r = ref.sbd_verified(ids, k, g, MAX_NEW)
+                cases.append(
+                    {**base, "mode": "sbd_verified", "block_size": k, "gamma": g, "tokens": r.tokens, "forwards": r.forwards}
                 )
     Path(out).write_text(json.dumps({"generator": "python -m setblock_export golden", "cases": cases}, indent=1))

@@ -16,9 +16,28 @@ def test_golden_cases_reproduce() -> None:
     for c in cases[::4]:
         if c["mode"] == "ntp":
             r = ref.ntp(c["prompt_ids"], c["max_new_tokens"])
+        elif c["mode"] == "sbd_verified":
+            r = ref.sbd_verified(c["prompt_ids"], c["block_size"], c["gamma"], c["max_new_tokens"])
         else:
             r = ref.sbd(c["prompt_ids"], c["block_size"], c["gamma"], c["max_new_tokens"])
         assert (r.tokens, r.forwards) == (c["tokens"], c["forwards"]), c
+
+
+def test_verified_sbd_is_ntp_greedy() -> None:
+    """The reference's verified SBD gives its NTP output, over every block size and gamma of the
+    fixture (whose random drafts are cut on nearly every block), and the fixture's cases say so."""
+    cases = json.loads((FIXTURE / "golden.json").read_text())["cases"]
+    ntp = {c["prompt"]: c["tokens"] for c in cases if c["mode"] == "ntp"}
+    verified = [c for c in cases if c["mode"] == "sbd_verified"]
+    assert len(verified) == len(ntp) * 16
+    for c in verified:
+        assert c["tokens"] == ntp[c["prompt"]], c
+    ref = Reference.load(FIXTURE, onnx=True)
+    ids = cases[0]["prompt_ids"]
+    want = ref.ntp(ids, 9).tokens
+    for k, g in [(2, 0.0), (4, 1000.0), (8, 0.5)]:
+        for n in (1, 2, 9):
+            assert ref.sbd_verified(ids, k, g, n).tokens == want[:n], (k, g, n)
 
 
 def test_prompt_ids_add_bos_only_where_the_prompt_lacks_it() -> None:
