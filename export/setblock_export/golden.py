@@ -44,7 +44,6 @@ def write_golden(folder: Path, out: Path) -> None:
                     }
                 )
                 r = ref.sbd_verified(ids, k, g, MAX_NEW)
-                cases.append(
-                    {**base, "mode": "sbd_verified", "block_size": k, "gamma": g, "tokens": r.tokens, "forwards": r.forwards}
-                )
+                case = {"mode": "sbd_verified", "block_size": k, "gamma": g, "tokens": r.tokens, "forwards": r.forwards}
+                cases.append({**base, **case})
     Path(out).write_text(json.dumps({"generator": "python -m setblock_export golden", "cases": cases}, indent=1))
