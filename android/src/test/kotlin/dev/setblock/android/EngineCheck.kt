@@ -48,6 +48,15 @@ suspend fun checks(dir: String): Boolean {
     check("text streamed", text.isNotEmpty())
     check("state ready after the flow", engine.state.value is EngineState.Ready)
 
+    // verified SBD through the Flow: the NTP text, streamed
+    engine.reset()
+    val ntpText = engine.generate(prompt, cfg.copy(mode = DecodeMode.NTP)).toList()
+        .filterIsInstance<GenerationEvent.Block>().joinToString("") { it.text }
+    engine.reset()
+    val verified = engine.generate(prompt, cfg.copy(selection = SlotSelection.EbEntropy(1e9), verify = true)).toList()
+        .filterIsInstance<GenerationEvent.Block>().joinToString("") { it.text }
+    check("verified SBD streams the NTP text", verified == ntpText && ntpText.isNotEmpty())
+
     // collector cancellation: take(2) blocks, then the flow is cancelled -> Rust cancels
     engine.reset()
     val two = engine.generate(prompt, cfg.copy(maxNewTokens = 80u)).filterIsInstance<GenerationEvent.Block>().take(2).toList()
