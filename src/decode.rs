@@ -364,6 +364,27 @@ impl Decoder<'_> {
         }
     }
 
+    /// `grammar_walk` after a forward whose masked slots were scored in `self.scores` (their
+    /// rows); nothing without a constraint.
+    fn walk_revealed(
+        &mut self,
+        block: &mut [u32],
+        revealed: &mut [bool],
+        valid: usize,
+        end: &mut usize,
+        rows: &mut Vec<Option<usize>>,
+    ) -> Result<usize> {
+        if self.grammar.is_none() {
+            return Ok(valid);
+        }
+        rows.clear();
+        rows.resize(*end, None);
+        for sc in self.scores.iter() {
+            rows[sc.slot] = Some(sc.row);
+        }
+        self.grammar_walk(block, revealed, valid, end, rows)
+    }
+
     fn grammar_done(&self) -> bool {
         self.grammar.as_ref().is_some_and(Grammar::is_done)
     }
@@ -530,14 +551,8 @@ impl Decoder<'_> {
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());
                 }
-                if self.grammar.is_some() {
-                    rows.clear();
-                    rows.resize(end, None);
-                    for sc in self.scores.iter() {
-                        rows[sc.slot] = Some(sc.row);
-                    }
-                    valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &rows)?;
-                }
+                valid =
+                    self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }

@@ -296,6 +296,18 @@ impl Grammar {
         }
     }
 
+    /// Undo the last `n` committed tokens (verified SBD: a draft is checked from the state
+    /// before it).
+    pub(crate) fn rollback(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.current = None;
+        self.matcher
+            .rollback(n)
+            .map_err(|_| self.failed("rolling back the constraint's state failed"))
+    }
+
     /// With `false`, `forced_tokens` is always empty (forced tokens are then sampled like any).
     pub(crate) fn forcing(mut self, on: bool) -> Self {
         self.use_forced = on;

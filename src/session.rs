@@ -45,7 +45,8 @@ pub struct GenerateOptions {
     /// is emitted (`decode::verify`): the checks ride on the forward that starts the next block,
     /// a wrong token and what follows it are replaced by the NTP choice. With greedy values the
     /// output is the model's NTP greedy output; sampled, it is distributed as NTP sampling's
-    /// (speculative sampling). Default false (the paper's SBD). Not with a constraint yet.
+    /// (speculative sampling). With a constraint (greedy only) the output is NTP + grammar
+    /// decoding's. Default false (the paper's SBD).
     pub verify: bool,
 }
 
@@ -67,15 +68,18 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
-    /// `verify` with an option it cannot serve (a constraint) is an error naming it.
+    /// `verify` with options it cannot serve together (a constraint and sampled values) is an
+    /// error naming them.
     pub fn check_verify(&self) -> Result<()> {
-        if self.verify && self.constraint.is_some() {
+        if self.verify && self.constraint.is_some() && self.sampling.temperature != 0.0 {
             return Err(Error::InvalidOption {
                 option: "verify",
                 value: "true".into(),
-                constraint: "cannot be combined with a constraint (json schema, regex, grammar) \
-                             yet: the grammar already checks every committed token; turn one off"
-                    .into(),
+                constraint: format!(
+                    "with a constraint (json schema, regex, grammar) checks greedy values only \
+                     (temperature 0, got {}); set temperature 0 or turn verify off",
+                    self.sampling.temperature
+                ),
             });
         }
         Ok(())

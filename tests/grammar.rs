@@ -188,3 +188,25 @@ number: /[0-9]{1,3}/
         assert!(want.is_match(&out.text), "{mode:?}: {:?}", out.text);
     }
 }
+
+/// Verified SBD under a JSON schema: NTP + grammar decoding's output, in fewer forwards.
+#[test]
+fn verified_sbd_under_a_json_schema_is_ntp_with_the_grammar() {
+    let c = Some(Constraint::JsonSchema(SCHEMA.into()));
+    let ntp = run(&opts(Mode::Ntp, c.clone(), 0.0, 0));
+    for mode in [Mode::Sbd, Mode::Auto] {
+        let o = GenerateOptions {
+            verify: true,
+            ..opts(mode, c.clone(), 0.0, 0)
+        };
+        let out = run(&o);
+        assert_eq!(out.tokens, ntp.tokens, "{mode:?}");
+        assert_eq!(out.stats.stop_reason, StopReason::Grammar);
+        assert!(
+            out.stats.forward_passes < ntp.stats.forward_passes,
+            "{mode:?}: {} vs {}",
+            out.stats.forward_passes,
+            ntp.stats.forward_passes
+        );
+    }
+}

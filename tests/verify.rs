@@ -133,21 +133,73 @@ fn a_cancelled_verified_run_keeps_no_draft() {
     assert!(s.cache().len() <= context.len());
 }
 
+/// Under a constraint (greedy), verified SBD gives NTP + grammar decoding's output: the grammar
+/// rolls back with each cut draft.
 #[test]
-fn verify_refuses_a_constraint() {
+fn verified_sbd_under_a_constraint_gives_the_ntp_constrained_output() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    let prompt = &common::golden()[1].prompt_ids;
+    let mut checked = 0;
+    for rx in [
+        "a=[0-9]{1,2}; b=[0-9]",
+        "[a-z ]{3,12}\\.",
+        "(yes|no|maybe), [0-9]{2,6}",
+    ] {
+        let c = Some(Constraint::Regex(rx.into()));
+        s.reset();
+        let ntp_opts = GenerateOptions {
+            mode: Mode::Ntp,
+            max_new_tokens: 30,
+            constraint: c.clone(),
+            ..GenerateOptions::default()
+        };
+        let want = s.generate_tokens(prompt, &ntp_opts, &mut |_| {}).unwrap();
+        for mode in [Mode::Sbd, Mode::Auto] {
+            for k in [2, 4, 8] {
+                for gamma in [0.0, 0.5, 1e9] {
+                    s.reset();
+                    let opts = GenerateOptions {
+                        mode,
+                        block_size: Some(k),
+                        selection: Some(Selection::EbEntropy { gamma }),
+                        verify: true,
+                        ..ntp_opts.clone()
+                    };
+                    let got = s.generate_tokens(prompt, &opts, &mut |_| {}).unwrap();
+                    let what = format!("{rx} {mode:?} k={k} gamma={gamma}");
+                    assert_eq!(got.tokens, want.tokens, "{what}");
+                    assert_eq!(got.stats.stop_reason, want.stats.stop_reason, "{what}");
+                    let mut context = prompt.clone();
+                    context.extend_from_slice(&got.tokens);
+                    assert_eq!(s.context_tokens(), &context[..], "{what}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 2 * 3 * 3);
+}
+
+#[test]
+fn verify_refuses_sampled_values_under_a_constraint() {
     let model = common::model();
     let mut s = Session::new(model).unwrap();
     let prompt = &common::golden()[0].prompt_ids;
     let constrained = GenerateOptions {
         verify: true,
         constraint: Some(Constraint::Regex("[a-z]+".into())),
+        sampling: Sampling {
+            temperature: 0.7,
+            ..Sampling::default()
+        },
         ..GenerateOptions::default()
     };
     let e = s
         .generate_tokens(prompt, &constrained, &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(e.contains("verify") && e.contains("constraint"), "{e}");
+    assert!(e.contains("verify") && e.contains("temperature 0"), "{e}");
     assert!(s.context_tokens().is_empty(), "refused before anything ran");
 }
 

@@ -122,8 +122,8 @@ typedef struct sb_generate_options {
   // Structured output: a Lark grammar, llguidance's syntax (NULL = none).
   const char *grammar;
   // 1 = SBD and auto check every drafted token against the model's own NTP choice before
-  // it is streamed (greedy output equals NTP decoding's; needs temperature 0 and no
-  // constraint), 0 = off (other values are an error).
+  // it is streamed (greedy output equals NTP decoding's, sampled output is distributed as
+  // NTP sampling's; with a constraint, greedy only), 0 = off (other values are an error).
   int verify;
 } sb_generate_options;
 

@@ -245,5 +245,10 @@ def test_verified_sbd_streams_the_ntp_text(model) -> None:
         streamed = "".join(e.text for e in c.events if isinstance(e, sb.GenerationEvent.BLOCK))
         assert (r.text, streamed) == (want.text, want.text), (mode, gamma)
     s.reset()
-    with pytest.raises(sb.SetblockError.InvalidOption, match="constraint"):
-        s.generate(PROMPT, config(verify=True, constraint=sb.OutputConstraint.REGEX(pattern="[a-z]+")), None)
+    rx = sb.OutputConstraint.REGEX(pattern="a=[0-9]{1,2}; b=[0-9]")
+    s.reset()
+    want = s.generate(PROMPT, config(mode=sb.DecodeMode.NTP, constraint=rx), None).text
+    s.reset()
+    assert s.generate(PROMPT, config(verify=True, constraint=rx), None).text == want
+    with pytest.raises(sb.SetblockError.InvalidOption, match="temperature 0"):
+        s.generate(PROMPT, config(verify=True, constraint=rx, temperature=0.5), None)

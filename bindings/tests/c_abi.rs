@@ -509,7 +509,8 @@ fn verified_sbd_through_the_c_abi_gives_the_ntp_text() {
     let rx = CString::new("[a-z]+").unwrap();
     let mut constrained = g;
     constrained.regex = rx.as_ptr();
-    refused(s, &constrained, sb_status::SB_ERR_OPTION, "constraint");
+    constrained.temperature = 0.5;
+    refused(s, &constrained, sb_status::SB_ERR_OPTION, "temperature 0");
     sb_session_free(s);
     sb_model_free(m);
 }

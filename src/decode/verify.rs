@@ -74,6 +74,7 @@ impl Decoder<'_> {
         let mut revealed: Vec<bool> = Vec::with_capacity(k);
         let mut emitted: Vec<u32> = Vec::with_capacity(k + 1);
         let mut draft = Draft::default();
+        let mut rows: Vec<Option<usize>> = Vec::with_capacity(k);
         // sampled values: the distribution each block slot was drawn from, the target one of
         // the token being checked, and scratch (speculative sampling, `Sampler::check`)
         let greedy = self.sampler.is_greedy();
@@ -89,8 +90,10 @@ impl Decoder<'_> {
             // this step's block: its first slot is the NTP choice of this forward, the others
             // drafted; none (0) when the output is full or ends, or for an NTP step
             let room = max_new - out.len() - draft.len;
-            let ends_in_eos = draft.len > 0 && self.context.last().is_some_and(|t| eos.contains(t));
-            let k = if room == 0 || ends_in_eos {
+            // a draft that ends the output (EOS, or the constraint complete) is checked alone
+            let ends = draft.len > 0
+                && (self.context.last().is_some_and(|t| eos.contains(t)) || self.grammar_done());
+            let k = if room == 0 || ends {
                 0
             } else {
                 match policy.as_deref_mut().map(AutoPolicy::choose) {
@@ -122,14 +125,23 @@ impl Decoder<'_> {
                 return Ok(self.finish_verified(&draft, out, StopReason::Cancelled, clock, on));
             }
             since += 1;
-            // the first drafted token that is not the NTP choice of the row before it
+            // the first drafted token that is not the NTP choice of the row before it; under a
+            // constraint the choice is the NTP + grammar one, from the state before the draft
             let base = self.context.len() - draft.len;
+            if let Some(g) = self.grammar.as_mut() {
+                g.rollback(draft.len)?;
+            }
             let row = |r: usize| &self.buf.logits[r * vocab..(r + 1) * vocab];
             let mut accepted = draft.len;
             let mut next = None;
             for i in 0..draft.len {
                 let (d, before) = (self.context[base + i], &self.context[..base + i]);
-                let replaced = if greedy {
+                let replaced = if let Some(g) = self.grammar.as_mut() {
+                    g.masked_row(row(i), &mut self.masked)?;
+                    let t = self.sampler.choose(&self.masked, mask_id, before);
+                    g.accept(t)?;
+                    Some(t).filter(|&t| t != d)
+                } else if greedy {
                     Some(self.sampler.choose(row(i), mask_id, before)).filter(|&t| t != d)
                 } else {
                     // draft token i is block slot i + 1
@@ -144,9 +156,19 @@ impl Decoder<'_> {
                 }
             }
             let cut = next.is_some();
+            let complete = self.grammar_done();
             let next = match next {
-                Some(t) => t,
-                None => self.sampler.choose(row(draft.len), mask_id, self.context),
+                Some(t) => Some(t),
+                None if complete => None,
+                None => Some(match self.grammar.as_mut() {
+                    Some(g) => {
+                        g.masked_row(row(draft.len), &mut self.masked)?;
+                        let t = self.sampler.choose(&self.masked, mask_id, self.context);
+                        g.accept(t)?;
+                        t
+                    }
+                    None => self.sampler.choose(row(draft.len), mask_id, self.context),
+                }),
             };
             if let (Some(p), true) = (policy.as_deref_mut(), draft.k > 0) {
                 p.observe(draft.k, 1 + accepted, draft.forwards);
@@ -159,8 +181,8 @@ impl Decoder<'_> {
             // the NTP choice is emitted now: a correction, an NTP step's token, or the first
             // slot of the block this forward began
             let ended = emitted.last().is_some_and(|t| eos.contains(t));
-            if !ended && out.len() + emitted.len() < max_new {
-                emitted.push(next);
+            if let (false, Some(t), true) = (ended, next, out.len() + emitted.len() < max_new) {
+                emitted.push(t);
             }
             if !emitted.is_empty() {
                 if let Some(reason) = self.emit(&emitted, since, &mut out, &mut clock, on) {
@@ -168,28 +190,35 @@ impl Decoder<'_> {
                 }
                 since = 0;
             }
+            if self.grammar_done() {
+                return Ok(self.finish(out, StopReason::Grammar, clock, on));
+            }
             if out.len() >= max_new {
                 return Ok(self.finish(out, StopReason::MaxTokens, clock, on));
             }
-            if cut || kk == 0 {
+            let Some(next) = next.filter(|_| !cut && kk > 0) else {
                 // no block, or one begun after a wrong token: its slots are dropped
                 continue;
-            }
+            };
             // the block: slot 0 is the NTP choice (emitted), the others revealed by `rule`
-            // from this forward's rows and then by forwards of the block alone
+            // from this forward's rows and then by forwards of the block alone; under a
+            // constraint, committed to the grammar as in SBD (`grammar_walk`), slot 0 already
             block[0] = next;
             revealed[0] = true;
             let mut end = kk;
+            let mut valid = 1;
             let mut forwards = 1;
             let record = (!greedy).then_some(&mut drawn_from[..]);
             self.reveal(rule, &mut block, &mut revealed, end, checked, record);
             if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                 p.observe_forward(s, t0.elapsed().as_secs_f64());
             }
+            valid = self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
             loop {
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }
+                valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[])?;
                 if !revealed[..end].contains(&false) {
                     break;
                 }
@@ -210,6 +239,8 @@ impl Decoder<'_> {
                 if let (Some(p), true) = (policy.as_deref_mut(), end == k) {
                     p.observe_forward(Shape::Next(k), t0.elapsed().as_secs_f64());
                 }
+                valid =
+                    self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
             }
             clock.blocks += 1;
             self.context.extend_from_slice(&block[1..end]);

@@ -194,7 +194,10 @@ def test_a_wrong_api_key_is_refused(server: Server) -> None:
         ({"n": 3}, "n"),
         ({"setblock": {"mode": "fast"}}, "setblock.mode"),
         ({"setblock": {"block_size": 99}}, "setblock.block_size"),
-        ({"response_format": {"type": "json_object"}, "setblock": {"verify": True}}, "setblock.verify"),
+        (
+            {"temperature": 0.5, "response_format": {"type": "json_object"}, "setblock": {"verify": True}},
+            "setblock.verify",
+        ),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
         ({"messages": []}, "messages"),
         ({"temperature": "hot"}, "temperature"),

@@ -161,8 +161,8 @@ struct DecodeArgs {
     stop: Vec<String>,
     /// SBD and auto: check every drafted token against the model's own NTP choice before it is
     /// shown (the checks ride on the next block's first forward): greedy output equals NTP
-    /// decoding's, sampled output is distributed as NTP sampling's. Not with a structured-output
-    /// constraint.
+    /// decoding's, sampled output is distributed as NTP sampling's; with a structured-output
+    /// constraint (greedy only), the output is NTP + grammar decoding's.
     #[arg(long)]
     verify: bool,
     /// Do not apply the model's chat template.
