@@ -1,6 +1,7 @@
 //! Structured output on a model folder: for each constraint (flat object, nested object with
 //! arrays, enum fields, a regex date, a small Lark grammar) and each of NTP + grammar, SBD
-//! without a grammar, SBD + grammar: the validity of the outputs, forwards per generated token,
+//! without a grammar, SBD + grammar (without and with forced tokens) and verified SBD + grammar:
+//! the validity of the outputs, how many equal NTP + grammar's, forwards per generated token,
 //! forced tokens, decode tokens/s and the grammar's share of the generation's time.
 //!
 //! ```sh
@@ -117,6 +118,7 @@ fn prompt(i: usize) -> String {
 struct Sum {
     n: usize,
     valid: usize,
+    same: usize,
     tokens: usize,
     forwards: usize,
     forced: usize,
@@ -134,15 +136,17 @@ fn main() -> anyhow::Result<()> {
             ..LoadOptions::default()
         },
     )?);
+    // (name, mode, with the grammar, forced tokens, verified: docs/sbd-verified.md)
     let runs = [
-        ("NTP + grammar", Mode::Ntp, true, false),
-        ("SBD, no grammar", Mode::Sbd, false, false),
-        ("SBD + grammar, no forced tokens", Mode::Sbd, true, false),
-        ("SBD + grammar", Mode::Sbd, true, true),
+        ("NTP + grammar", Mode::Ntp, true, false, false),
+        ("SBD, no grammar", Mode::Sbd, false, false, false),
+        ("SBD + grammar, no forced tokens", Mode::Sbd, true, false, false),
+        ("SBD + grammar", Mode::Sbd, true, true, false),
+        ("SBD + grammar, verified", Mode::Sbd, true, true, true),
     ];
     let mut rows = Vec::new();
-    println!("| constraint | run | valid | tokens/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| constraint | run | valid | same as NTP + grammar | tokens/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let extract = a.extract.as_deref().map(extract_requests).transpose()?;
     let mut all = constraints();
     if extract.is_some() {
@@ -152,7 +156,9 @@ fn main() -> anyhow::Result<()> {
         ));
     }
     for (name, c) in all {
-        for (run, mode, with, forced) in runs {
+        // NTP + grammar's outputs (the first run), for the "same as" column
+        let mut reference: Vec<Vec<u32>> = Vec::new();
+        for (run, mode, with, forced, verify) in runs {
             let mut s = Sum::default();
             for i in 0..a.prompts {
                 let o = GenerateOptions {
@@ -161,6 +167,7 @@ fn main() -> anyhow::Result<()> {
                     max_new_tokens: 96,
                     constraint: with.then(|| c.clone()),
                     forced_tokens: forced,
+                    verify,
                     ..GenerateOptions::default()
                 };
                 let text = match (&extract, name) {
@@ -171,6 +178,10 @@ fn main() -> anyhow::Result<()> {
                 let st = &out.stats;
                 s.n += 1;
                 s.valid += usize::from(satisfies(&model, &c, &out.tokens)?);
+                if reference.len() < a.prompts {
+                    reference.push(out.tokens.clone());
+                }
+                s.same += usize::from(reference[i] == out.tokens);
                 s.tokens += st.generated_tokens;
                 s.forwards += st.forward_passes;
                 s.forced += st.forced_tokens;
@@ -180,14 +191,17 @@ fn main() -> anyhow::Result<()> {
             }
             let row = serde_json::json!({
                 "constraint": name, "run": run, "outputs": s.n, "valid": s.valid,
+                "same_as_ntp_grammar": s.same,
                 "tokens": s.tokens, "forwards": s.forwards, "forced_tokens": s.forced,
                 "forwards_per_token": s.forwards as f64 / s.tokens.max(1) as f64,
                 "decode_tokens_per_s": s.tokens as f64 / (s.decode_ms / 1e3),
                 "grammar_share": s.grammar_ms / s.total_ms,
             });
             println!(
-                "| {name} | {run} | {}/{} | {:.1} | {:.3} | {} | {:.0} | {:.1}% |",
+                "| {name} | {run} | {}/{} | {}/{} | {:.1} | {:.3} | {} | {:.0} | {:.1}% |",
                 s.valid,
+                s.n,
+                s.same,
                 s.n,
                 s.tokens as f64 / s.n as f64,
                 s.forwards as f64 / s.tokens.max(1) as f64,
