@@ -15,6 +15,9 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
 - ``sweep-ltr``: the same sweep with the slots taken left to right (``--selection eb-left-to-right``)
   instead of in entropy order, on the first ``--ltr-limit`` problems per task: whether the order of
   reveals or the model's multi-slot predictions limit SBD's accuracy.
+- ``sweep-verified``: verified SBD (``--verify``, docs/sbd-verified.md) over gammas and block sizes 8
+  and 16 on the first ``--verified-limit`` problems per task: its accuracy is NTP decoding's by
+  construction, so this finds the setting with the fewest forwards.
 - ``reference``: the Python reference decoder (export/setblock_export/decode.py, ONNX backend) on a
   sample, from the prompt as the training mix rendered it, against ``setblock generate`` from the
   user text through the model's chat template: same tokens and forwards.
@@ -58,7 +61,7 @@ SBD = ROOT / "models" / "smollm2-135m-sbd"
 NTP = ROOT / "models" / "smollm2-135m-ntp"
 ADAPTERS = SBD / "adapters"
 SWEEP = [0.0, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0, 2.0]
-SECTIONS = ["table", "sweep", "sweep-ltr", "reference", "speed", "ppl", "general", "report"]
+SECTIONS = ["table", "sweep", "sweep-ltr", "sweep-verified", "reference", "speed", "ppl", "general", "report"]
 BLOCK = 8
 # The folder the accuracy figures use: fp32 (the reference); `--folder int8` decodes the int8 folder
 # that scripts/smollm2-sbd.sh builds beside it.
@@ -70,6 +73,7 @@ KEYS = {
     "table": ["table"],
     "sweep": ["sweep"],
     "sweep-ltr": ["sweep_left_to_right", "sweep_entropy_paired"],
+    "sweep-verified": ["sweep_verified"],
     "reference": ["reference"],
     "speed": ["speed"],
     "ppl": ["ppl"],
@@ -189,6 +193,24 @@ def section_sweep_ltr(res: dict, limit: int) -> None:
             jobs = {t: pool.submit(bench, SBD / FOLDER, f, 1, *extra) for t, f in files.items()}
             tasks = {t: j.result() for t, j in jobs.items()}
         res[key] = {"problems_per_task": limit, "gammas": LTR_GAMMAS, "tasks": tasks}
+
+
+VERIFIED_GAMMAS = [0.1, 0.35, 0.6, 1.0, 2.0, 1000.0]
+VERIFIED_BLOCKS = [8, 16]
+
+
+def section_sweep_verified(res: dict, limit: int) -> None:
+    """Verified SBD (docs/sbd-verified.md) over gammas and block sizes: its accuracy is NTP
+    decoding's by construction, so the sweep measures forwards only (and checks that)."""
+    files = prompt_files(limit)
+    out: dict = {"problems_per_task": limit, "gammas": VERIFIED_GAMMAS, "blocks": {}}
+    for k in VERIFIED_BLOCKS:
+        extra = ("--block-size", str(k), "--verify-only", "--gammas", ",".join(map(str, VERIFIED_GAMMAS)))
+        with ThreadPoolExecutor(2) as pool:
+            jobs = {t: pool.submit(bench, SBD / FOLDER, f, 1, *extra) for t, f in files.items()}
+            out["blocks"][str(k)] = {t: j.result() for t, j in jobs.items()}
+        res["sweep_verified"] = out
+        OUT.write_text(json.dumps(res, indent=1))
 
 
 def generate(model: Path, prompt: str, *extra: str) -> dict:
@@ -369,11 +391,25 @@ def sweep_lines(res: dict) -> list[str]:
             body = " | ".join(f"{c['accuracy']:.0f} ({c['forward_reduction_vs_ntp']:.2f}x)" for c in cells)
             lines.append(f"| {r0['system']} | {body} |")
         lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards.", ""]
+    sv = res.get("sweep_verified")
+    if sv:
+        tasks = list(next(iter(sv["blocks"].values())))
+        lines += [f"## Verified SBD over gammas and block sizes ({sv['problems_per_task']} problems per task)", ""]
+        lines += ["| block | decoding | " + " | ".join(tasks) + " | mean reduction |"]
+        lines += ["|---" * (len(tasks) + 3) + "|"]
+        for k, per_task in sv["blocks"].items():
+            for i, r0 in enumerate(per_task[tasks[0]]):
+                cells = [per_task[t][i] for t in tasks]
+                body = " | ".join(f"{c['accuracy']:.0f} ({c['forward_reduction_vs_ntp']:.2f}x)" for c in cells)
+                mean = sum(c["forward_reduction_vs_ntp"] for c in cells) / len(cells)
+                lines.append(f"| {k} | {r0['system']} | {body} | {mean:.2f}x |")
+        lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding / verified SBD's forwards.", ""]
     return lines
 
 
 def plot(res: dict) -> None:
-    """docs/results-smollm2.png: accuracy against forward reduction per task, both orders of reveal."""
+    """docs/results-smollm2.png: accuracy against forward reduction per task, both orders of reveal,
+    and verified SBD."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,6 +433,12 @@ def plot(res: dict) -> None:
             ax.plot(xs, ys, "o-", label=f"{label} ({n} problems)")
             for x, y, r in zip(xs, ys, rows, strict=True):
                 ax.annotate(r["system"].split("=")[-1], (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        for k, per_task in res.get("sweep_verified", {}).get("blocks", {}).items():
+            rows = [r for r in per_task.get(task, []) if r["system"] != "ntp"]
+            xs = [r["forward_reduction_vs_ntp"] for r in rows]
+            ys = [r["accuracy"] for r in rows]
+            n = res["sweep_verified"]["problems_per_task"]
+            ax.plot(xs, ys, "s-", ms=4, label=f"SBD verified, block {k} ({n} problems)")
         ntp = next(r for r in sw["tasks"][task] if r["system"] == "ntp")
         ax.axhline(ntp["accuracy"], color="gray", ls="--", label="SBD model, NTP decoding")
         twin = res.get("table", {}).get("tasks", {}).get(task, {}).get("ntp_twin")
@@ -507,6 +549,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="problems per task for the table (default: all 300)")
     ap.add_argument("--sweep-limit", type=int, default=100)
     ap.add_argument("--ltr-limit", type=int, default=20, help="problems per task for sweep-ltr")
+    ap.add_argument("--verified-limit", type=int, default=25, help="problems per task for sweep-verified")
     ap.add_argument("--reference-n", type=int, default=10, help="problems per task for the reference check")
     ap.add_argument("--speed-per-task", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2)
@@ -527,6 +570,8 @@ def main() -> None:
             section_sweep(res, a.sweep_limit)
         elif s == "sweep-ltr":
             section_sweep_ltr(res, a.ltr_limit)
+        elif s == "sweep-verified":
+            section_sweep_verified(res, a.verified_limit)
         elif s == "reference":
             section_reference(res, a.reference_n)
         elif s == "speed":

@@ -44,6 +44,9 @@ pub(crate) struct BenchArgs {
     /// Only the NTP system (for an NTP-trained baseline model).
     #[arg(long)]
     ntp_only: bool,
+    /// Run each SBD and auto system verified only (`--verify` runs each both ways).
+    #[arg(long)]
+    verify_only: bool,
     /// Also run the `auto` block policy at each gamma (correcting its cost curve from the
     /// forward times it observes, as it does by default).
     #[arg(long)]
@@ -213,10 +216,10 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
     ntp.mode = Mode::Ntp;
     systems.push(("ntp".into(), ntp, true));
     // with --verify, each SBD and auto system runs unverified and verified, side by side
-    let checks: &[bool] = if a.decode.verify {
-        &[false, true]
-    } else {
-        &[false]
+    let checks: &[bool] = match (a.verify_only, a.decode.verify) {
+        (true, _) => &[true],
+        (false, true) => &[false, true],
+        (false, false) => &[false],
     };
     for g in gammas.iter().filter(|_| !a.ntp_only) {
         for &verify in checks {
