@@ -140,7 +140,13 @@ fn main() -> anyhow::Result<()> {
     let runs = [
         ("NTP + grammar", Mode::Ntp, true, false, false),
         ("SBD, no grammar", Mode::Sbd, false, false, false),
-        ("SBD + grammar, no forced tokens", Mode::Sbd, true, false, false),
+        (
+            "SBD + grammar, no forced tokens",
+            Mode::Sbd,
+            true,
+            false,
+            false,
+        ),
         ("SBD + grammar", Mode::Sbd, true, true, false),
         ("SBD + grammar, verified", Mode::Sbd, true, true, true),
     ];
