@@ -184,22 +184,8 @@ class Reference:
                 if pending:
                     cache = self.commit(cache, presents, len(pending))
                     pending = []
-                rows = logits[-end:] if end else logits[:0]
-                ent = sorted((self._entropy(rows[i]), i) for i in todo)
-                chosen, acc = [ent[0][1]], ent[0][0]
-                for h, i in ent[1:]:
-                    if acc > gamma:
-                        break
-                    chosen.append(i)
-                    acc += h
-                for i in chosen:
-                    block[i] = self._greedy(rows[i])
-                    revealed[i] = True
-                per_forward.append(len(chosen))
-                for i in range(end):
-                    if revealed[i] and block[i] in eos:
-                        end = i + 1
-                        break
+                end, n = self._reveal(logits[-end:], block, revealed, end, gamma)
+                per_forward.append(n)
             block = block[:end]
             out += block
             if any(t in eos for t in block):
@@ -207,9 +193,11 @@ class Reference:
             pending = block
         return Result(out, forwards, per_forward)
 
-    def _reveal(self, rows: np.ndarray, block: list[int], revealed: list[bool], end: int, gamma: float) -> int:
+    def _reveal(
+        self, rows: np.ndarray, block: list[int], revealed: list[bool], end: int, gamma: float
+    ) -> tuple[int, int]:
         """EB-Sampler over the masked slots before ``end`` (``rows[i]``: slot i's logits); returns
-        the new end (a revealed EOS ends the block)."""
+        the new end (a revealed EOS ends the block) and how many slots it revealed."""
         todo = [i for i in range(end) if not revealed[i]]
         ent = sorted((self._entropy(rows[i]), i) for i in todo)
         chosen, acc = [ent[0][1]], ent[0][0]
@@ -222,7 +210,7 @@ class Reference:
             block[i] = self._greedy(rows[i])
             revealed[i] = True
         eos = set(self.m["eos_token_ids"])
-        return next((i + 1 for i in range(end) if revealed[i] and block[i] in eos), end)
+        return next((i + 1 for i in range(end) if revealed[i] and block[i] in eos), end), len(chosen)
 
     def sbd_verified(self, prompt: list[int], block_size: int, gamma: float, max_new: int) -> Result:
         """Verified SBD (docs/sbd-verified.md), greedy: SBD drafts a block whose first slot is the
@@ -261,7 +249,7 @@ class Reference:
             while True:
                 if all(revealed[:end]):
                     break
-                end = self._reveal(slots, block, revealed, end, gamma)
+                end, _ = self._reveal(slots, block, revealed, end, gamma)
                 if all(revealed[:end]):
                     break
                 slots, _ = self.step(cache, [], block[:end])
