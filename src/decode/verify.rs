@@ -171,7 +171,10 @@ impl Decoder<'_> {
                 }),
             };
             if let (Some(p), true) = (policy.as_deref_mut(), draft.k > 0) {
-                p.observe(draft.k, 1 + accepted, draft.forwards);
+                // what the block yielded: its first slot and the kept draft, and on a cut the
+                // correction, for the forward that found it (its own block is dropped)
+                let cut = usize::from(cut);
+                p.observe(draft.k, 1 + accepted + cut, draft.forwards + cut);
             }
             emitted.clear();
             emitted.extend_from_slice(&self.context[base..base + accepted]);
