@@ -21,7 +21,8 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
 - ``reference``: the Python reference decoder (export/setblock_export/decode.py, ONNX backend) on a
   sample, from the prompt as the training mix rendered it, against ``setblock generate`` from the
   user text through the model's chat template: same tokens and forwards.
-- ``speed``: decode tokens/s of NTP, SBD and ``auto`` on the same model and prompts, interleaved
+- ``speed``: decode tokens/s of NTP, SBD and ``auto``, plain and verified (at the manifest's gammas
+  and at 1000, a whole block a forward), on the same model and prompts, interleaved
   prompt by prompt (``setblock bench --repeat``), on the fp32 folder (and int8 where built), 2 threads; and
   onnxruntime-genai's NTP on the merged fp32 weights (its own model builder), processes
   interleaved round by round.
@@ -278,7 +279,9 @@ def section_speed(res: dict, per_task: int, repeat: int, rounds: int, only: list
             print(f"{f}: {SBD / f} has no .adapter-sha256 (verify failed or did not run): measured as it is")
             built.append(f)
     for folder in built:
-        extra = ["--auto", "--verify", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", f"{low},{high}"]
+        # the manifest's gammas, and a whole block a forward (verified SBD's fewest forwards: sweep-verified)
+        gs = f"{low},{high},{VERIFIED_GAMMAS[-1]}"
+        extra = ["--auto", "--verify", "--repeat", str(repeat), "--block-size", str(BLOCK), "--gammas", gs]
         out["folders"][folder] = bench(SBD / folder, prompts, 2, *extra)
         print(folder, [(r["system"], round(r["decode_tokens_per_s"], 1)) for r in out["folders"][folder]])
     for precision in [p for p in ("fp32", "int4") if p in built]:
