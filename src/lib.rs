@@ -50,5 +50,5 @@ pub use ort_env::ExecutionProvider;
 pub use policy::CostCurve;
 pub use sample::Sampling;
 pub use select::Selection;
-pub use session::{CancelHandle, GenerateOptions, Output, Session};
+pub use session::{CancelHandle, GenerateOptions, Output, Session, VERIFIED_GAMMA};
 pub use stream::{Event, Stats, StopReason};

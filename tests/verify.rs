@@ -283,3 +283,43 @@ fn sampled_verification_keeps_the_ntp_distribution() {
         "total variation from NTP sampling: verified {d_verified:.3}, unverified {d_plain:.3}"
     );
 }
+
+/// Without a selection, verified SBD reveals a whole block a forward (VERIFIED_GAMMA).
+#[test]
+fn verified_sbd_defaults_to_a_whole_block_a_forward() {
+    let model = common::model();
+    let mut s = Session::new(model).unwrap();
+    let prompt = &common::golden()[2].prompt_ids;
+    let run = |s: &mut Session, selection: Option<Selection>| {
+        s.reset();
+        let opts = GenerateOptions {
+            block_size: Some(4),
+            selection,
+            max_new_tokens: 24,
+            verify: true,
+            ..GenerateOptions::default()
+        };
+        let mut per_block = Vec::new();
+        let out = s
+            .generate_tokens(prompt, &opts, &mut |e| {
+                if let Event::Block { forwards, .. } = e {
+                    per_block.push(*forwards);
+                }
+            })
+            .unwrap();
+        (out.tokens, out.stats.forward_passes, per_block)
+    };
+    let default = run(&mut s, None);
+    let infinite = run(
+        &mut s,
+        Some(Selection::EbEntropy {
+            gamma: setblock::VERIFIED_GAMMA,
+        }),
+    );
+    let low = run(&mut s, Some(Selection::EbEntropy { gamma: 0.0 }));
+    assert_eq!(default, infinite);
+    assert_eq!(default.0, low.0);
+    assert_ne!(default.1, low.1, "gamma 0 reveals one slot a forward");
+    // every forward checks a block and yields at least one token: no event spans two forwards
+    assert!(default.2.iter().all(|&f| f <= 1), "{:?}", default.2);
+}

@@ -612,9 +612,12 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
             ))
         }
     };
-    let gamma = ext
-        .and_then(|e| e.gamma)
-        .unwrap_or(model.manifest.gamma.low);
+    let verify = ext.and_then(|e| e.verify).unwrap_or(false);
+    let gamma = ext.and_then(|e| e.gamma).unwrap_or(if verify {
+        crate::VERIFIED_GAMMA
+    } else {
+        model.manifest.gamma.low
+    });
     let defaults = Sampling::default();
     let opts = GenerateOptions {
         mode,
@@ -631,7 +634,7 @@ fn options(app: &App, model: &Model, c: &Common) -> Result<GenerateOptions, ApiE
         chat_template: None,
         constraint,
         forced_tokens: true,
-        verify: ext.and_then(|e| e.verify).unwrap_or(false),
+        verify,
     };
     check(&opts, model).map_err(ApiError::from_runtime)?;
     Ok(opts)

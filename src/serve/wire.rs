@@ -133,8 +133,8 @@ pub struct Extension {
     pub block_size: Option<usize>,
     /// EB-Sampler entropy budget (default: the model's low gamma).
     pub gamma: Option<f64>,
-    /// Check every drafted token against the model's NTP choice before it is sent (greedy
-    /// only; default false).
+    /// Check every drafted token against the model's NTP choice before it is sent (default
+    /// false; with it, `gamma` defaults to infinity).
     pub verify: Option<bool>,
 }
 

@@ -126,7 +126,8 @@ struct DecodeArgs {
     /// Block size k (1..=largest trained; default: the model's default_block_size).
     #[arg(long)]
     block_size: Option<usize>,
-    /// EB-Sampler entropy budget (default: the model's low gamma).
+    /// EB-Sampler entropy budget (default: the model's low gamma; with --verify, infinity: a
+    /// whole block a forward, the fewest forwards measured).
     #[arg(long)]
     gamma: Option<f64>,
     /// Slot selection rule.
@@ -264,7 +265,12 @@ fn load(a: &ModelArgs) -> anyhow::Result<Arc<Model>> {
 }
 
 fn options(d: &DecodeArgs, model: &Model, gamma: Option<f64>) -> anyhow::Result<GenerateOptions> {
-    let gamma = gamma.or(d.gamma).unwrap_or(model.manifest.gamma.low);
+    let default = if d.verify {
+        setblock::VERIFIED_GAMMA
+    } else {
+        model.manifest.gamma.low
+    };
+    let gamma = gamma.or(d.gamma).unwrap_or(default);
     Ok(GenerateOptions {
         constraint: constraint(d)?,
         mode: match d.mode {
