@@ -20,7 +20,8 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
   construction, so this finds the setting with the fewest forwards.
 - ``reference``: the Python reference decoder (export/setblock_export/decode.py, ONNX backend) on a
   sample, from the prompt as the training mix rendered it, against ``setblock generate`` from the
-  user text through the model's chat template: same tokens and forwards.
+  user text through the model's chat template: same tokens and forwards, for SBD at gamma low and
+  for verified SBD at its default.
 - ``speed``: decode tokens/s of NTP, SBD and ``auto``, plain and verified (at the manifest's gammas
   and at 1000, a whole block a forward), on the same model and prompts, interleaved
   prompt by prompt (``setblock bench --repeat``), on the fp32 folder (and int8 where built), 2 threads; and
@@ -30,7 +31,8 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
   Ambrose Bierce's *The Devil's Dictionary* (1911, public domain), from Debian's ``dict-devil``
   package (fetched with ``apt-get download``), never in the training mix.
 - ``general``: the 47 held-out general instructions (runs/smollm2/mix/general_test.jsonl): SBD's
-  tokens per forward, and how often its greedy output equals the same model's NTP greedy output.
+  tokens per forward, and how often its greedy output equals the same model's NTP greedy output;
+  the same for verified SBD.
 
 Prerequisites: models/make_smollm2.sh (the adapters), scripts/smollm2-sbd.sh and
 ``ADAPTER=ntp scripts/smollm2-sbd.sh`` (the folders), ``cargo build --release``.
@@ -225,17 +227,22 @@ def section_reference(res: dict, n: int) -> None:
 
     low, _ = gammas()
     ref = Reference.load(SBD / FOLDER, onnx=True)
-    out = {}
+    out, verified = {}, {}
     for task, f in prompt_files(n).items():
-        same = 0
+        same = same_verified = 0
         for line in f.read_text().splitlines():
             r = json.loads(line)
             rust = generate(SBD / FOLDER, r["question"], "--block-size", str(BLOCK), "--gamma", str(low))
             py = ref.generate_text(r["rendered"], mode="sbd", block_size=BLOCK, gamma=low, max_new_tokens=256)
             same += int(py["tokens"] == rust["tokens"] and py["forwards"] == rust["forward_passes"])
+            # verified SBD at its default (a whole block a forward) against the reference's
+            rust = generate(SBD / FOLDER, r["question"], "--block-size", str(BLOCK), "--verify")
+            pv = ref.sbd_verified(ref.prompt_ids(r["rendered"]), BLOCK, math.inf, 256)
+            same_verified += int(pv.tokens == rust["tokens"] and pv.forwards == rust["forward_passes"])
         out[task] = [same, n]
-        print(f"reference {task}: {same}/{n}")
-    res["reference"] = {"folder": FOLDER, "gamma": low, "block_size": BLOCK, "agree": out}
+        verified[task] = [same_verified, n]
+        print(f"reference {task}: {same}/{n}, verified {same_verified}/{n}")
+    res["reference"] = {"folder": FOLDER, "gamma": low, "block_size": BLOCK, "agree": out, "agree_verified": verified}
 
 
 def merged_checkpoint(name: str) -> Path:
@@ -352,15 +359,15 @@ def section_ppl(res: dict, windows: int, length: int) -> None:
 def section_general(res: dict) -> None:
     low, _ = gammas()
     rows = [json.loads(line) for line in (MIX / "general_test.jsonl").read_text().splitlines()]
-    out: dict = {"prompts": len(rows), "gamma": low, "block_size": BLOCK}
+    out: dict = {"prompts": len(rows), "gamma": low, "verified_gamma": "inf", "block_size": BLOCK}
     limit = ("--max-new-tokens", "200")
     ntp = [generate(SBD / FOLDER, r["user"], "--mode", "ntp", *limit) for r in rows]
     ntp_forwards = sum(n["forward_passes"] for n in ntp)
-    for key, extra in (("", ()), ("verified_", ("--verify",))):
+    for key, extra in (("", ("--gamma", str(low))), ("verified_", ("--verify",))):
         same = tokens = forwards = 0
         per = []
         for r, n in zip(rows, ntp, strict=True):
-            s = generate(SBD / FOLDER, r["user"], "--block-size", str(BLOCK), "--gamma", str(low), *extra, *limit)
+            s = generate(SBD / FOLDER, r["user"], "--block-size", str(BLOCK), *extra, *limit)
             eq = s["tokens"] == n["tokens"]
             same += int(eq)
             tokens += len(s["tokens"])

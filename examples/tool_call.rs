@@ -26,7 +26,12 @@ use setblock::{Constraint, GenerateOptions, LoadOptions, Message, Mode, Model, S
 enum Which {
     Ntp,
     Sbd,
+    /// SBD with its drafts checked against NTP's choices (docs/sbd-verified.md)
+    Verified,
+    /// NTP and SBD
     Both,
+    /// NTP, SBD and verified SBD
+    All,
 }
 
 #[derive(Parser)]
@@ -38,7 +43,7 @@ struct Args {
     #[arg(long)]
     request: Vec<String>,
     /// Decoding of the tool call.
-    #[arg(long, value_enum, default_value = "both")]
+    #[arg(long, value_enum, default_value = "all")]
     mode: Which,
     /// Block size of the SBD runs.
     #[arg(long, default_value_t = 8)]
@@ -198,16 +203,21 @@ fn main() -> anyhow::Result<()> {
         a.request.clone()
     };
     let constraint = Constraint::JsonSchema(call_schema().to_string());
-    let modes: &[(&str, Mode)] = match a.mode {
-        Which::Ntp => &[("NTP", Mode::Ntp)],
-        Which::Sbd => &[("SBD", Mode::Sbd)],
-        Which::Both => &[("NTP", Mode::Ntp), ("SBD", Mode::Sbd)],
+    const NTP: (&str, Mode, bool) = ("NTP", Mode::Ntp, false);
+    const SBD: (&str, Mode, bool) = ("SBD", Mode::Sbd, false);
+    const VERIFIED: (&str, Mode, bool) = ("SBD verified", Mode::Sbd, true);
+    let modes: &[(&str, Mode, bool)] = match a.mode {
+        Which::Ntp => &[NTP],
+        Which::Sbd => &[SBD],
+        Which::Verified => &[VERIFIED],
+        Which::Both => &[NTP, SBD],
+        Which::All => &[NTP, SBD, VERIFIED],
     };
     let mut rows = Vec::new();
     let (mut valid, mut total) = (0, 0);
     for request in &requests {
         println!("\nuser: {request}");
-        for &(label, mode) in modes {
+        for &(label, mode, verify) in modes {
             let mut session = Session::new(model.clone())?;
             session.set_messages(vec![Message {
                 role: "system".into(),
@@ -218,6 +228,7 @@ fn main() -> anyhow::Result<()> {
                 block_size: Some(a.block_size),
                 max_new_tokens: 160,
                 constraint: Some(constraint.clone()),
+                verify,
                 ..GenerateOptions::default()
             };
             let call = session.generate(request, &opts, |_| {})?;
@@ -243,6 +254,7 @@ fn main() -> anyhow::Result<()> {
                     mode,
                     block_size: Some(a.block_size),
                     max_new_tokens: 60,
+                    verify,
                     ..GenerateOptions::default()
                 },
                 |_| {},
