@@ -52,6 +52,62 @@ impl Decoder<'_> {
         self.finish(out, reason, clock, on)
     }
 
+    /// Check the draft (the last `len` tokens of the context, fed by the forward just run, whose
+    /// kept rows start with the token before it): how many of its tokens are kept, and the NTP
+    /// choice after them (`None` when the constraint is complete there). Each drafted token must
+    /// be the NTP choice of the row before it (greedy), or pass `Sampler::check` against the
+    /// distribution its slot was drawn from (`drawn_from[slot]`, sampled); under a constraint
+    /// the choice is the NTP + grammar one, from the state before the draft.
+    fn check_draft(
+        &mut self,
+        len: usize,
+        drawn_from: &[Vec<(f32, u32)>],
+        target: &mut Vec<(f32, u32)>,
+        dense: &mut Vec<f32>,
+    ) -> Result<(usize, Option<u32>)> {
+        let (mask_id, vocab) = (
+            self.model.manifest.mask_token_id,
+            self.model.manifest.vocab_size,
+        );
+        let greedy = self.sampler.is_greedy();
+        let base = self.context.len() - len;
+        if let Some(g) = self.grammar.as_mut() {
+            g.rollback(len)?;
+        }
+        let row = |r: usize| &self.buf.logits[r * vocab..(r + 1) * vocab];
+        for i in 0..len {
+            let (d, before) = (self.context[base + i], &self.context[..base + i]);
+            let replaced = if let Some(g) = self.grammar.as_mut() {
+                g.masked_row(row(i), &mut self.masked)?;
+                let t = self.sampler.choose(&self.masked, mask_id, before);
+                g.accept(t)?;
+                Some(t).filter(|&t| t != d)
+            } else if greedy {
+                Some(self.sampler.choose(row(i), mask_id, before)).filter(|&t| t != d)
+            } else {
+                // draft token i is block slot i + 1
+                self.sampler.distribution(row(i), mask_id, before, target);
+                self.sampler.check(d, &drawn_from[i + 1], target, dense)
+            };
+            if replaced.is_some() {
+                return Ok((i, replaced));
+            }
+        }
+        if self.grammar_done() {
+            return Ok((len, None));
+        }
+        let next = match self.grammar.as_mut() {
+            Some(g) => {
+                g.masked_row(row(len), &mut self.masked)?;
+                let t = self.sampler.choose(&self.masked, mask_id, self.context);
+                g.accept(t)?;
+                t
+            }
+            None => self.sampler.choose(row(len), mask_id, self.context),
+        };
+        Ok((len, Some(next)))
+    }
+
     /// The SBD loop with every drafted token checked against the model's NTP choice before it
     /// is emitted; with a policy, each step's block size (or an NTP step) is its choice.
     pub fn sbd_verified(
@@ -67,7 +123,7 @@ impl Decoder<'_> {
             return Ok(self.finish(Vec::new(), StopReason::Cancelled, clock, on));
         }
         let model = self.model;
-        let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
+        let mask_id = model.manifest.mask_token_id;
         let eos = &model.manifest.eos_token_ids;
         let mut out: Vec<u32> = Vec::with_capacity(max_new);
         let mut block: Vec<u32> = Vec::with_capacity(k);
@@ -125,51 +181,17 @@ impl Decoder<'_> {
                 return Ok(self.finish_verified(&draft, out, StopReason::Cancelled, clock, on));
             }
             since += 1;
-            // the first drafted token that is not the NTP choice of the row before it; under a
-            // constraint the choice is the NTP + grammar one, from the state before the draft
             let base = self.context.len() - draft.len;
-            if let Some(g) = self.grammar.as_mut() {
-                g.rollback(draft.len)?;
-            }
-            let row = |r: usize| &self.buf.logits[r * vocab..(r + 1) * vocab];
-            let mut accepted = draft.len;
-            let mut next = None;
-            for i in 0..draft.len {
-                let (d, before) = (self.context[base + i], &self.context[..base + i]);
-                let replaced = if let Some(g) = self.grammar.as_mut() {
-                    g.masked_row(row(i), &mut self.masked)?;
-                    let t = self.sampler.choose(&self.masked, mask_id, before);
-                    g.accept(t)?;
-                    Some(t).filter(|&t| t != d)
-                } else if greedy {
-                    Some(self.sampler.choose(row(i), mask_id, before)).filter(|&t| t != d)
-                } else {
-                    // draft token i is block slot i + 1
-                    self.sampler
-                        .distribution(row(i), mask_id, before, &mut target);
-                    self.sampler
-                        .check(d, &drawn_from[i + 1], &target, &mut dense)
-                };
-                if replaced.is_some() {
-                    (accepted, next) = (i, replaced);
-                    break;
-                }
-            }
-            let cut = next.is_some();
-            let complete = self.grammar_done();
-            let next = match next {
-                Some(t) => Some(t),
-                None if complete => None,
-                None => Some(match self.grammar.as_mut() {
-                    Some(g) => {
-                        g.masked_row(row(draft.len), &mut self.masked)?;
-                        let t = self.sampler.choose(&self.masked, mask_id, self.context);
-                        g.accept(t)?;
-                        t
+            let (accepted, next) =
+                match self.check_draft(draft.len, &drawn_from, &mut target, &mut dense) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // nothing unchecked stays (the session keeps the context to the cache)
+                        self.cache.truncate(base);
+                        return Err(e);
                     }
-                    None => self.sampler.choose(row(draft.len), mask_id, self.context),
-                }),
-            };
+                };
+            let cut = accepted < draft.len;
             if let (Some(p), true) = (policy.as_deref_mut(), draft.k > 0) {
                 // what the block yielded: its first slot and the kept draft, and on a cut the
                 // correction, for the forward that found it (its own block is dropped)
