@@ -40,6 +40,25 @@ fn refused(s: *mut sb_session, g: &sb_generate_options, status: sb_status, needl
     assert!(last_error().contains(needle), "{}", last_error());
 }
 
+/// `sb_generate` of `prompt` with options `g` that must succeed: the text and the stats.
+fn generate_ok(s: *mut sb_session, prompt: &str, g: &sb_generate_options) -> (String, sb_stats) {
+    let p = CString::new(prompt).unwrap();
+    let mut stats = sb_stats::default();
+    let mut text = null_mut();
+    assert_eq!(
+        unsafe { sb_generate(s, p.as_ptr(), g, None, null_mut(), &mut stats, &mut text) },
+        sb_status::SB_OK,
+        "{}",
+        last_error()
+    );
+    let out = unsafe { CStr::from_ptr(text) }
+        .to_str()
+        .unwrap()
+        .to_string();
+    unsafe { sb_string_free(text) };
+    (out, stats)
+}
+
 struct Collected {
     text: String,
     blocks: usize,
@@ -363,22 +382,10 @@ fn sessions_on_four_threads_equal_one_alone() {
             unsafe { sb_session_new(m as *mut sb_model, &mut s) },
             sb_status::SB_OK
         );
-        let p = CString::new(prompt).unwrap();
         let mut g = sb_generate_options_default();
         g.max_new_tokens = 24;
         g.chat_template = 0;
-        let mut text = null_mut();
-        assert_eq!(
-            unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), &mut text) },
-            sb_status::SB_OK,
-            "{}",
-            last_error()
-        );
-        let out = unsafe { CStr::from_ptr(text) }
-            .to_str()
-            .unwrap()
-            .to_string();
-        unsafe { sb_string_free(text) };
+        let (out, _) = generate_ok(s, prompt, &g);
         assert_eq!(sb_session_free(s), sb_status::SB_OK);
         out
     };
@@ -401,17 +408,10 @@ fn sessions_on_four_threads_equal_one_alone() {
     let mut s = null_mut();
     assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
     assert_eq!(sb_model_free(m), sb_status::SB_OK);
-    let p = CString::new("sort 3 1 2").unwrap();
     let mut g = sb_generate_options_default();
     g.max_new_tokens = 24;
     g.chat_template = 0;
-    let mut text = null_mut();
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), null_mut(), &mut text) },
-        sb_status::SB_OK
-    );
-    assert_eq!(unsafe { CStr::from_ptr(text) }.to_str().unwrap(), alone[0]);
-    unsafe { sb_string_free(text) };
+    assert_eq!(generate_ok(s, "sort 3 1 2", &g).0, alone[0]);
     assert_eq!(sb_session_free(s), sb_status::SB_OK);
 }
 
@@ -422,25 +422,12 @@ fn structured_output_through_the_c_abi() {
     let m = load();
     let mut s = null_mut();
     assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
-    let p = CString::new("sort 3 1 2").unwrap();
     let rx = CString::new("x=[0-9]; y=[0-9]").unwrap();
     let mut g = sb_generate_options_default();
     g.regex = rx.as_ptr();
     g.chat_template = 0;
     g.max_new_tokens = 40;
-    let mut stats = sb_stats::default();
-    let mut text = null_mut();
-    assert_eq!(
-        unsafe { sb_generate(s, p.as_ptr(), &g, None, null_mut(), &mut stats, &mut text) },
-        sb_status::SB_OK,
-        "{}",
-        last_error()
-    );
-    let out = unsafe { CStr::from_ptr(text) }
-        .to_str()
-        .unwrap()
-        .to_string();
-    unsafe { sb_string_free(text) };
+    let (out, stats) = generate_ok(s, "sort 3 1 2", &g);
     let b = out.as_bytes();
     assert!(
         out.len() == 8
@@ -473,22 +460,9 @@ fn verified_sbd_through_the_c_abi_gives_the_ntp_text() {
     let m = load();
     let mut s = null_mut();
     assert_eq!(unsafe { sb_session_new(m, &mut s) }, sb_status::SB_OK);
-    let p = CString::new("sort 3 1 2").unwrap();
     let run = |s: *mut sb_session, g: &sb_generate_options| {
         assert_eq!(sb_session_reset(s), sb_status::SB_OK);
-        let mut stats = sb_stats::default();
-        let mut text = null_mut();
-        assert_eq!(
-            unsafe { sb_generate(s, p.as_ptr(), g, None, null_mut(), &mut stats, &mut text) },
-            sb_status::SB_OK,
-            "{}",
-            last_error()
-        );
-        let out = unsafe { CStr::from_ptr(text) }
-            .to_str()
-            .unwrap()
-            .to_string();
-        unsafe { sb_string_free(text) };
+        let (out, stats) = generate_ok(s, "sort 3 1 2", g);
         (out, stats.generated_tokens)
     };
     let mut g = sb_generate_options_default();
