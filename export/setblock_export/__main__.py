@@ -266,10 +266,10 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(fn=_cmd_verify)
 
-    s = sub.add_parser("decode", help="the reference decoder (NTP or SBD with the EB-Sampler)")
+    s = sub.add_parser("decode", help="the reference decoder (NTP, SBD with the EB-Sampler, or verified SBD)")
     s.add_argument("--folder", type=Path, required=True)
     s.add_argument("--prompt", required=True)
-    s.add_argument("--mode", choices=["ntp", "sbd"], default="sbd")
+    s.add_argument("--mode", choices=["ntp", "sbd", "sbd_verified"], default="sbd")
     s.add_argument("--block-size", type=int, default=8)
     s.add_argument("--gamma", type=float, default=0.1)
     s.add_argument("--max-new-tokens", type=int, default=64)

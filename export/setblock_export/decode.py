@@ -269,6 +269,8 @@ class Reference:
         ids = self.prompt_ids(prompt)
         if mode == "ntp" or block_size == 1:
             r = self.ntp(ids, max_new_tokens)
+        elif mode == "sbd_verified":
+            r = self.sbd_verified(ids, block_size, gamma, max_new_tokens)
         else:
             r = self.sbd(ids, block_size, gamma, max_new_tokens)
         return {"text": self.tok.decode(r.tokens), "tokens": r.tokens, "forwards": r.forwards}

@@ -52,3 +52,15 @@ def test_prompt_ids_add_bos_only_where_the_prompt_lacks_it() -> None:
     assert ref.prompt_ids(text + "ab") == [bos, *ab]
     kw = {"mode": "ntp", "block_size": 1, "gamma": 0.0, "max_new_tokens": 6}
     assert ref.generate_text(text + "ab", **kw)["tokens"] == ref.ntp([bos, *ab], 6).tokens
+
+
+def test_the_decode_command_runs_verified_sbd(capsys) -> None:  # noqa: ANN001
+    """`python -m setblock_export decode --mode sbd_verified` prints NTP's tokens."""
+    from setblock_export.__main__ import main
+
+    args = ["decode", "--folder", str(FIXTURE), "--prompt", "sort 3 1 2", "--onnx", "--max-new-tokens", "12"]
+    outs = []
+    for mode in ("ntp", "sbd_verified"):
+        assert main([*args, "--mode", mode, "--gamma", "1000"]) in (0, None)
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["tokens"] == outs[1]["tokens"] and outs[1]["forwards"] <= 13
