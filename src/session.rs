@@ -148,9 +148,10 @@ pub struct Session {
     /// Shared with the cancel handles: a cancel and a generation's clearing of it never interleave.
     gate: Arc<Mutex<()>>,
     /// What `auto` generations learned of the text (tokens per forward per block size, retry
-    /// interval), per selection rule (the last `AUTO_MEMORIES` rules used): the next `auto`
-    /// generation with the same rule starts from it instead of trying every block size again.
-    auto_memory: Vec<(Selection, AutoMemory)>,
+    /// interval), per selection rule and verified or not (the last `AUTO_MEMORIES` used): the
+    /// next `auto` generation with the same ones starts from it instead of trying every block
+    /// size again.
+    auto_memory: Vec<((Selection, bool), AutoMemory)>,
 }
 
 /// Selection rules whose `auto` memory a session keeps.
@@ -416,7 +417,9 @@ impl Session {
                 } else {
                     AutoPolicy::fixed(curve)
                 };
-                if let Some((_, m)) = self.auto_memory.iter().find(|(r, _)| *r == rule) {
+                // verified blocks keep fewer tokens than unverified ones: remembered apart
+                let key = (rule, opts.verify);
+                if let Some((_, m)) = self.auto_memory.iter().find(|(r, _)| *r == key) {
                     policy.remember(m);
                 }
                 let r = if opts.verify {
@@ -427,11 +430,11 @@ impl Session {
                 if policy.learns() {
                     model.store_learned_curve(&policy.corrected());
                 }
-                self.auto_memory.retain(|(r, _)| *r != rule);
+                self.auto_memory.retain(|(r, _)| *r != key);
                 if self.auto_memory.len() == AUTO_MEMORIES {
                     self.auto_memory.remove(0);
                 }
-                self.auto_memory.push((rule, policy.memory()));
+                self.auto_memory.push((key, policy.memory()));
                 r
             }
         };

@@ -114,6 +114,19 @@ fn a_session_keeps_what_auto_learned_so_its_next_generation_does_not_try_blocks_
         "24 tokens, fewer than a retry needs"
     );
     assert_eq!(second.stats.forward_passes, second.tokens.len());
+    // the same rule verified is remembered apart (its blocks keep other counts): optimistic
+    s.reset();
+    let verified = GenerateOptions {
+        verify: true,
+        ..opts(Mode::Auto, 0.0)
+    };
+    assert!(
+        s.generate(prompt, &verified, |_| {})
+            .unwrap()
+            .stats
+            .sbd_blocks
+            > 0
+    );
     // another rule has no memory yet; a new session starts optimistic again
     let other = s.generate(prompt, &opts(Mode::Auto, 1e-9), |_| {}).unwrap();
     assert!(other.stats.sbd_blocks > 0);
