@@ -296,15 +296,7 @@ impl Sampler {
         context: &[u32],
         out: &mut Vec<(f32, u32)>,
     ) {
-        out.clear();
-        match self.prepare(logits, mask_id, context) {
-            Prepared::Token(t) => out.push((1.0, t)),
-            Prepared::Weights(z) => out.extend(
-                self.order
-                    .iter()
-                    .map(|&(w, t)| ((f64::from(w) / z) as f32, t)),
-            ),
-        }
+        self.prepare_recorded(logits, mask_id, context, out);
     }
 
     /// `choose`, also leaving the distribution it drew from in `out` (as `distribution`).
@@ -315,19 +307,31 @@ impl Sampler {
         context: &[u32],
         out: &mut Vec<(f32, u32)>,
     ) -> u32 {
-        self.distribution(logits, mask_id, context, out);
-        if let [(_, t)] = out[..] {
-            return t;
+        match self.prepare_recorded(logits, mask_id, context, out) {
+            Prepared::Token(t) => t,
+            Prepared::Weights(z) => self.draw(z),
         }
-        let z: f64 = out.iter().map(|e| f64::from(e.0)).sum();
-        let mut u = self.rng.random::<f64>() * z;
-        for e in out.iter() {
-            u -= f64::from(e.0);
-            if u <= 0.0 {
-                return e.1;
-            }
+    }
+
+    /// `prepare`, with its distribution normalised into `out`.
+    fn prepare_recorded(
+        &mut self,
+        logits: &[f32],
+        mask_id: u32,
+        context: &[u32],
+        out: &mut Vec<(f32, u32)>,
+    ) -> Prepared {
+        out.clear();
+        let p = self.prepare(logits, mask_id, context);
+        match p {
+            Prepared::Token(t) => out.push((1.0, t)),
+            Prepared::Weights(z) => out.extend(
+                self.order
+                    .iter()
+                    .map(|&(w, t)| ((f64::from(w) / z) as f32, t)),
+            ),
         }
-        out.last().map_or(0, |e| e.1)
+        p
     }
 
     /// Speculative sampling's check of a drafted token `d` drawn from `q` against the target
@@ -386,6 +390,7 @@ impl Sampler {
 }
 
 /// What `Sampler::prepare` leaves for the draw.
+#[derive(Clone, Copy)]
 enum Prepared {
     /// No draw needed.
     Token(u32),

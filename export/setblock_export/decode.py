@@ -247,14 +247,11 @@ class Reference:
             end = k
             slots = logits[n:]
             while True:
-                if all(revealed[:end]):
-                    break
                 end, _ = self._reveal(slots, block, revealed, end, gamma)
                 if all(revealed[:end]):
                     break
                 slots, _ = self.step(cache, [], block[:end])
                 forwards += 1
-            end = next((i + 1 for i in range(end) if block[i] in eos), end)
             draft = block[1:end]
 
     def prompt_ids(self, prompt: str) -> list[int]:
