@@ -118,11 +118,14 @@ def test_chat_completion_equals_the_cli_and_counts_forwards(client: openai.OpenA
 
 def test_verified_sbd_answers_as_ntp_does(client: openai.OpenAI) -> None:
     def ask(ext: dict) -> str:
-        msgs = [{"role": "user", "content": PROMPTS[1]}]
+        msgs = [{"role": "user", "content": PROMPTS[3]}]
         r = client.chat.completions.create(model="demo", messages=msgs, temperature=0, extra_body={"setblock": ext})
         return r.choices[0].message.content or ""
 
-    assert ask({"mode": "sbd", "verify": True}) == ask({"mode": "ntp"})
+    # a whole block a forward: plain SBD's answer to this prompt is not NTP's, verified SBD's is
+    ntp = ask({"mode": "ntp"})
+    assert ask({"mode": "sbd", "gamma": 1e9}) != ntp
+    assert ask({"mode": "sbd", "gamma": 1e9, "verify": True}) == ntp
 
 
 def test_streamed_chat_arrives_in_chunks_and_equals_the_whole(client: openai.OpenAI) -> None:

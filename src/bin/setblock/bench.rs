@@ -144,6 +144,9 @@ struct BenchResult {
     /// closer to the measured rate than the first when the correction works.
     learned_curve_decode_tokens_per_s: Option<f64>,
     sbd_blocks: usize,
+    /// Prompts whose output tokens equal the NTP system's (first pass): every one for verified
+    /// SBD in exact arithmetic (docs/sbd-verified.md).
+    same_tokens_as_ntp: usize,
     accuracy: Option<f64>,
     per_task_accuracy: std::collections::BTreeMap<String, f64>,
 }
@@ -271,6 +274,8 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut ort_ms = vec![0.0f64; systems.len()];
     // per system: (block size, later forwards, later blocks) summed; k = 0 for auto (unpriced)
     let mut decode_shape = vec![(0usize, 0.0f64, 0.0f64); systems.len()];
+    // the NTP system (the first) output for the prompt at hand
+    let mut ntp_tokens: Vec<u32> = Vec::new();
     for pass in 0..passes {
         for (prompt, answer, task, grade) in &rows {
             // interleave systems prompt by prompt so drift in machine load hits all of them alike
@@ -294,6 +299,10 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 decode_shape[si].1 += later;
                 decode_shape[si].2 += later_blocks;
                 if pass == 0 {
+                    if si == 0 {
+                        ntp_tokens.clone_from(&out.tokens);
+                    }
+                    r.same_tokens_as_ntp += usize::from(out.tokens == ntp_tokens);
                     r.sbd_blocks += st.sbd_blocks;
                     r.prompts += 1;
                     r.generated_tokens += out.stats.generated_tokens;
@@ -351,6 +360,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "learned-curve prediction",
         "TTFT ms",
         "outside ORT %",
+        "same tokens as NTP",
         "accuracy %",
     ]);
     for r in &acc {
@@ -366,6 +376,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 .map_or("-".into(), |p| format!("{p:.0}")),
             format!("{:.1}", r.mean_ttft_ms),
             format!("{:.1}", r.runtime_overhead_pct),
+            format!("{}/{}", r.same_tokens_as_ntp, r.prompts),
             r.accuracy.map_or("-".into(), |a| format!("{a:.1}")),
         ]);
     }
