@@ -423,9 +423,9 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, g
 
 
 def _quantize(src: Path, dst: Path, quant: Quantization) -> bool:
-    """Write the quantized graph; returns whether the embedding was quantized too (MatMulNBits, tied)."""
-    kind = quant.kind
-    if kind == "int8" and quant.int8_method == "dynamic":
+    """Write the quantized graph (``quant`` as ``_quantization`` checked it: int8 or int4); returns
+    whether the embedding was quantized too (MatMulNBits, tied)."""
+    if quant.nbits is None:  # int8 by quantize_dynamic, the one method without MatMulNBits
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(
@@ -436,23 +436,21 @@ def _quantize(src: Path, dst: Path, quant: Quantization) -> bool:
             use_external_data_format=True,
         )
         return False
-    if quant.nbits:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        model = onnx.load(str(src))
-        _materialize_transposed_weights(model)
-        q = MatMulNBitsQuantizer(
-            model,
-            bits=quant.nbits,
-            block_size=quant.int4_block_size,
-            is_symmetric=True,
-            accuracy_level=quant.int4_accuracy_level,
-        )
-        q.process()
-        embedding = _gather_quantized_embedding(q.model.model, quant.int4_block_size, quant.nbits)
-        q.model.save_model_to_file(str(dst), use_external_data_format=True)
-        return embedding
-    raise ExportError(f"--quantize {kind}: choose none, int8 or int4")
+    model = onnx.load(str(src))
+    _materialize_transposed_weights(model)
+    q = MatMulNBitsQuantizer(
+        model,
+        bits=quant.nbits,
+        block_size=quant.int4_block_size,
+        is_symmetric=True,
+        accuracy_level=quant.int4_accuracy_level,
+    )
+    q.process()
+    embedding = _gather_quantized_embedding(q.model.model, quant.int4_block_size, quant.nbits)
+    q.model.save_model_to_file(str(dst), use_external_data_format=True)
+    return embedding
 
 
 def _gather_quantized_embedding(model: onnx.ModelProto, block_size: int, bits: int) -> bool:
