@@ -12,8 +12,9 @@
 //! 2023), so the output is distributed as NTP sampling's.
 //!
 //! Only checked tokens are streamed: a block's first slot as the block begins (so the first token
-//! comes after one forward, as in NTP decoding), the rest of it once the next forward has checked it. Until
-//! then the draft lives at the end of `context`, fed causally by that forward, never emitted.
+//! comes after one forward, as in NTP decoding), the rest of it once the next forward has checked
+//! it. Until then the draft lives at the end of `context`, fed causally by that forward, never
+//! emitted.
 
 use std::time::Instant;
 
