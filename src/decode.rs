@@ -14,7 +14,7 @@ use crate::grammar::Grammar;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, StepBuffers};
 use crate::policy::{AutoPolicy, Shape, Step};
-use crate::sample::{entropy_confidence, Sampler};
+use crate::sample::{entropy_confidence, refused_mix, Sampler};
 use crate::select::{select, Selection, SlotScore};
 use crate::stream::{Detokenizer, Event, Stats, StopReason};
 
@@ -373,6 +373,7 @@ impl Decoder<'_> {
         valid: usize,
         end: &mut usize,
         rows: &mut Vec<Option<usize>>,
+        dists: Option<&mut [Vec<(f32, u32)>]>,
     ) -> Result<usize> {
         if self.grammar.is_none() {
             return Ok(valid);
@@ -382,7 +383,7 @@ impl Decoder<'_> {
         for sc in self.scores.iter() {
             rows[sc.slot] = Some(sc.row);
         }
-        self.grammar_walk(block, revealed, valid, end, rows)
+        self.grammar_walk(block, revealed, valid, end, rows, dists)
     }
 
     fn grammar_done(&self) -> bool {
@@ -397,7 +398,9 @@ impl Decoder<'_> {
     /// whether or not the selection rule chose it (its logits are conditioned on clean tokens
     /// only). Before a forward (`rows` empty), the tokens the grammar forces fill the masked
     /// slots at `valid`. When the grammar is complete, the block ends at `valid`. Returns the
-    /// new `valid`.
+    /// new `valid`. With `dists` (verified SBD's sampled drafts), each slot committed here gets
+    /// in `dists[slot]` the distribution its value was drawn from, the grammar's refusals
+    /// included (`refused_mix`; a forced token: itself).
     fn grammar_walk(
         &mut self,
         block: &mut [u32],
@@ -405,6 +408,7 @@ impl Decoder<'_> {
         mut valid: usize,
         end: &mut usize,
         rows: &[Option<usize>],
+        mut dists: Option<&mut [Vec<(f32, u32)>]>,
     ) -> Result<usize> {
         let Decoder {
             grammar,
@@ -420,6 +424,8 @@ impl Decoder<'_> {
         };
         let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
         let mut leftmost_seen = false;
+        // with `dists`: the distribution under the exact mask, and the mix
+        let (mut under_mask, mut mix) = (Vec::new(), Vec::new());
         while valid < *end {
             if g.is_done() {
                 *end = valid;
@@ -429,6 +435,17 @@ impl Decoder<'_> {
             let row = rows.get(s).copied().flatten();
             let first = row.is_some() && !leftmost_seen;
             leftmost_seen |= row.is_some();
+            let mut have_mask = false;
+            if let (true, Some(r), Some(d)) = (revealed[s], row, dists.as_deref_mut()) {
+                // drawn from d[s] in this forward: kept where the grammar allows it, else drawn
+                // again under the exact mask (below)
+                g.masked_row(&buf.logits[r * vocab..(r + 1) * vocab], masked)?;
+                have_mask = true;
+                sampler.distribution(masked, mask_id, context, &mut under_mask);
+                let allowed = |t: u32| masked[t as usize] != f32::NEG_INFINITY;
+                refused_mix(&d[s], allowed, &under_mask, &mut mix);
+                std::mem::swap(&mut d[s], &mut mix);
+            }
             if revealed[s] && g.try_accept(block[s])? {
                 valid += 1;
                 continue;
@@ -436,8 +453,15 @@ impl Decoder<'_> {
             match row {
                 // refused, or the leftmost masked slot: sample it under the exact mask
                 Some(r) if revealed[s] || first => {
-                    g.masked_row(&buf.logits[r * vocab..(r + 1) * vocab], masked)?;
-                    block[s] = sampler.choose(masked, mask_id, context);
+                    if !have_mask {
+                        g.masked_row(&buf.logits[r * vocab..(r + 1) * vocab], masked)?;
+                    }
+                    block[s] = match dists.as_deref_mut() {
+                        Some(d) if !revealed[s] => {
+                            sampler.choose_recorded(masked, mask_id, context, &mut d[s])
+                        }
+                        _ => sampler.choose(masked, mask_id, context),
+                    };
                     revealed[s] = true;
                     g.accept(block[s])?;
                     valid += 1;
@@ -460,6 +484,10 @@ impl Decoder<'_> {
                         }
                         block[valid] = t;
                         revealed[valid] = true;
+                        if let Some(d) = dists.as_deref_mut() {
+                            d[valid].clear();
+                            d[valid].push((1.0, t));
+                        }
                         g.accept(t)?;
                         g.forced += 1;
                         valid += 1;
@@ -520,7 +548,7 @@ impl Decoder<'_> {
             let mut valid = 0; // slots committed to the grammar (structured output)
             rows.clear();
             loop {
-                valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[])?;
+                valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[], None)?;
                 if !revealed[..end].contains(&false) {
                     break;
                 }
@@ -551,8 +579,14 @@ impl Decoder<'_> {
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());
                 }
-                valid =
-                    self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
+                valid = self.walk_revealed(
+                    &mut block,
+                    &mut revealed,
+                    valid,
+                    &mut end,
+                    &mut rows,
+                    None,
+                )?;
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }

@@ -389,6 +389,31 @@ impl Sampler {
     }
 }
 
+/// The distribution of a value drawn from `q` and, where `allowed` refuses it, drawn again from
+/// `m` (whose support `allowed` takes whole): q(t) for an allowed t, plus q's refused mass times
+/// m(t). Structured output's SBD draws a slot so (`grammar_walk`); verified SBD's sampled check
+/// needs it as the slot's draft distribution. `out` gets one entry per token.
+pub(crate) fn refused_mix(
+    q: &[(f32, u32)],
+    allowed: impl Fn(u32) -> bool,
+    m: &[(f32, u32)],
+    out: &mut Vec<(f32, u32)>,
+) {
+    out.clear();
+    out.extend(q.iter().copied().filter(|e| allowed(e.1)));
+    let refused = (1.0 - out.iter().map(|e| f64::from(e.0)).sum::<f64>()).max(0.0) as f32;
+    if refused > 0.0 {
+        out.sort_unstable_by_key(|e| e.1);
+        let kept = out.len();
+        for &(w, t) in m {
+            match out[..kept].binary_search_by_key(&t, |e| e.1) {
+                Ok(i) => out[i].0 += refused * w,
+                Err(_) => out.push((refused * w, t)),
+            }
+        }
+    }
+}
+
 /// What `Sampler::prepare` leaves for the draw.
 #[derive(Clone, Copy)]
 enum Prepared {
@@ -437,6 +462,42 @@ mod tests {
         let k = kept as f32 / n as f32;
         assert!((k - 0.55).abs() < 0.005, "{k}");
         assert!(dense.iter().all(|&x| x == 0.0));
+    }
+
+    /// A draw from q, drawn again from m where it is refused, is distributed as `refused_mix`.
+    #[test]
+    fn a_refused_draw_drawn_again_is_distributed_as_refused_mix() {
+        let q = [(0.5f32, 3u32), (0.3, 0), (0.2, 7)];
+        let m = [(0.6f32, 0u32), (0.4, 2)];
+        let allowed = |t: u32| t != 3;
+        let mut mix = Vec::new();
+        refused_mix(&q, allowed, &m, &mut mix);
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut draw = |d: &[(f32, u32)]| {
+            let mut u = rng.random::<f32>();
+            d.iter()
+                .find(|e| {
+                    u -= e.0;
+                    u <= 0.0
+                })
+                .map_or(d[d.len() - 1].1, |e| e.1)
+        };
+        let n = 200_000;
+        let mut counts = [0usize; 8];
+        for _ in 0..n {
+            let mut t = draw(&q);
+            if !allowed(t) {
+                t = draw(&m);
+            }
+            counts[t as usize] += 1;
+        }
+        let mut seen: Vec<u32> = mix.iter().map(|e| e.1).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 2, 7], "{mix:?}");
+        for (prob, t) in mix {
+            let f = counts[t as usize] as f32 / n as f32;
+            assert!((f - prob).abs() < 0.005, "token {t}: {f} vs {prob}");
+        }
     }
 
     /// Found by fuzz/fuzz_targets/sampling.rs: a sampled draw from a row with no finite logit

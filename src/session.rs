@@ -52,8 +52,8 @@ pub struct GenerateOptions {
     /// is emitted (`decode::verify`): the checks ride on the forward that starts the next block,
     /// a wrong token and what follows it are replaced by the NTP choice. With greedy values the
     /// output is the model's NTP greedy output; sampled, it is distributed as NTP sampling's
-    /// (speculative sampling). With a constraint (greedy only) the output is NTP + grammar
-    /// decoding's. Without a `selection`, verified SBD reveals a whole block a forward
+    /// (speculative sampling). With a constraint the output is NTP + grammar decoding's (greedy)
+    /// or distributed as its sampling is. Without a `selection`, verified SBD reveals a whole block a forward
     /// ([`VERIFIED_GAMMA`]). Default false (the paper's SBD).
     pub verify: bool,
 }
@@ -72,25 +72,6 @@ impl Default for GenerateOptions {
             forced_tokens: true,
             verify: false,
         }
-    }
-}
-
-impl GenerateOptions {
-    /// `verify` with options it cannot serve together (a constraint and sampled values) is an
-    /// error naming them.
-    pub fn check_verify(&self) -> Result<()> {
-        if self.verify && self.constraint.is_some() && self.sampling.temperature != 0.0 {
-            return Err(Error::InvalidOption {
-                option: "verify",
-                value: "true".into(),
-                constraint: format!(
-                    "with a constraint (json schema, regex, grammar) checks greedy values only \
-                     (temperature 0, got {}); set temperature 0 or turn verify off",
-                    self.sampling.temperature
-                ),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -275,7 +256,6 @@ impl Session {
         });
         sel.validate()?;
         opts.sampling.validate()?;
-        opts.check_verify()?;
         Ok((k, sel))
     }
 

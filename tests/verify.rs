@@ -181,28 +181,6 @@ fn verified_sbd_under_a_constraint_gives_the_ntp_constrained_output() {
     assert_eq!(checked, 3 * 2 * 3 * 3);
 }
 
-#[test]
-fn verify_refuses_sampled_values_under_a_constraint() {
-    let model = common::model();
-    let mut s = Session::new(model).unwrap();
-    let prompt = &common::golden()[0].prompt_ids;
-    let constrained = GenerateOptions {
-        verify: true,
-        constraint: Some(Constraint::Regex("[a-z]+".into())),
-        sampling: Sampling {
-            temperature: 0.7,
-            ..Sampling::default()
-        },
-        ..GenerateOptions::default()
-    };
-    let e = s
-        .generate_tokens(prompt, &constrained, &mut |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("verify") && e.contains("temperature 0"), "{e}");
-    assert!(s.context_tokens().is_empty(), "refused before anything ran");
-}
-
 /// Sampled values through the speculative-sampling check: with top-k 1 every distribution is
 /// one token, so the output must be the greedy NTP output.
 #[test]

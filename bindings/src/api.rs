@@ -178,7 +178,7 @@ pub struct GenerateConfig {
     pub constraint: Option<OutputConstraint>,
     /// SBD and auto: check every drafted token against the model's own NTP choice before it is
     /// streamed: greedy output equals NTP decoding's, sampled output is distributed as NTP
-    /// sampling's; with a constraint (greedy only), NTP + grammar decoding's.
+    /// sampling's; under a constraint, as NTP + grammar decoding's.
     #[uniffi(default = false)]
     pub verify: bool,
 }

@@ -142,7 +142,8 @@ pub struct sb_generate_options {
     pub grammar: *const c_char,
     /// 1 = SBD and auto check every drafted token against the model's own NTP choice before
     /// it is streamed (greedy output equals NTP decoding's, sampled output is distributed as
-    /// NTP sampling's; with a constraint, greedy only), 0 = off (other values are an error).
+    /// NTP sampling's; under a constraint, as NTP + grammar decoding's), 0 = off (other
+    /// values are an error).
     pub verify: c_int,
 }
 

@@ -35,6 +35,12 @@ struct Draft {
     k: usize,
     /// The forwards that drafted it.
     forwards: usize,
+    /// Sampled values: how many of its first tokens the check may keep. A token drawn before a
+    /// token left of it was drawn (an out-of-order reveal) is not distributed, given the tokens
+    /// before it, as the distribution it was drawn from (the later draw saw it), so the check
+    /// stops there and draws from the NTP distribution instead: the output stays distributed
+    /// as NTP sampling's. Greedy values: `len`.
+    checkable: usize,
 }
 
 impl Decoder<'_> {
@@ -58,10 +64,12 @@ impl Decoder<'_> {
     /// choice after them (`None` when the constraint is complete there). Each drafted token must
     /// be the NTP choice of the row before it (greedy), or pass `Sampler::check` against the
     /// distribution its slot was drawn from (`drawn_from[slot]`, sampled); under a constraint
-    /// the choice is the NTP + grammar one, from the state before the draft.
+    /// the choice is the NTP + grammar one, from the state before the draft. Sampled, only the
+    /// first `checkable` drafted tokens can be kept (`Draft::checkable`).
     fn check_draft(
         &mut self,
         len: usize,
+        checkable: usize,
         drawn_from: &[Vec<(f32, u32)>],
         target: &mut Vec<(f32, u32)>,
         dense: &mut Vec<f32>,
@@ -78,18 +86,29 @@ impl Decoder<'_> {
         let row = |r: usize| &self.buf.logits[r * vocab..(r + 1) * vocab];
         for i in 0..len {
             let (d, before) = (self.context[base + i], &self.context[..base + i]);
-            let replaced = if let Some(g) = self.grammar.as_mut() {
-                g.masked_row(row(i), &mut self.masked)?;
-                let t = self.sampler.choose(&self.masked, mask_id, before);
-                g.accept(t)?;
-                Some(t).filter(|&t| t != d)
-            } else if greedy {
-                Some(self.sampler.choose(row(i), mask_id, before)).filter(|&t| t != d)
-            } else {
-                // draft token i is block slot i + 1
-                self.sampler.distribution(row(i), mask_id, before, target);
-                self.sampler.check(d, &drawn_from[i + 1], target, dense)
+            let logits = match self.grammar.as_mut() {
+                Some(g) => {
+                    g.masked_row(row(i), &mut self.masked)?;
+                    &self.masked[..]
+                }
+                None => row(i),
             };
+            let replaced = if greedy {
+                Some(self.sampler.choose(logits, mask_id, before)).filter(|&t| t != d)
+            } else {
+                // draft token i is block slot i + 1; past the checkable ones, a draw from p
+                // (the check against no draft)
+                self.sampler.distribution(logits, mask_id, before, target);
+                let q = if i < checkable {
+                    &drawn_from[i + 1][..]
+                } else {
+                    &[]
+                };
+                self.sampler.check(d, q, target, dense)
+            };
+            if let Some(g) = self.grammar.as_mut() {
+                g.accept(replaced.unwrap_or(d))?;
+            }
             if replaced.is_some() {
                 return Ok((i, replaced));
             }
@@ -138,6 +157,8 @@ impl Decoder<'_> {
         let mut drawn_from: Vec<Vec<(f32, u32)>> = vec![Vec::new(); if greedy { 0 } else { k }];
         let mut target: Vec<(f32, u32)> = Vec::new();
         let mut dense: Vec<f32> = Vec::new();
+        // sampled values: the forward of the block each slot's value was drawn in (`Draft::checkable`)
+        let mut when: Vec<usize> = Vec::with_capacity(k);
         // forwards since the last emitted tokens (each Event::Block counts its own)
         let mut since = 0;
         loop {
@@ -183,15 +204,20 @@ impl Decoder<'_> {
             }
             since += 1;
             let base = self.context.len() - draft.len;
-            let (accepted, next) =
-                match self.check_draft(draft.len, &drawn_from, &mut target, &mut dense) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // nothing unchecked stays (the session keeps the context to the cache)
-                        self.cache.truncate(base);
-                        return Err(e);
-                    }
-                };
+            let (accepted, next) = match self.check_draft(
+                draft.len,
+                draft.checkable,
+                &drawn_from,
+                &mut target,
+                &mut dense,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    // nothing unchecked stays (the session keeps the context to the cache)
+                    self.cache.truncate(base);
+                    return Err(e);
+                }
+            };
             let cut = accepted < draft.len;
             if let (Some(p), true) = (policy.as_deref_mut(), draft.k > 0) {
                 // what the block yielded: its first slot and the kept draft, and on a cut the
@@ -234,17 +260,32 @@ impl Decoder<'_> {
             let mut end = kk;
             let mut valid = 1;
             let mut forwards = 1;
+            when.clear();
+            when.resize(kk, usize::MAX);
+            when[0] = 0;
             let record = (!greedy).then_some(&mut drawn_from[..]);
             self.reveal(rule, &mut block, &mut revealed, end, checked, record);
             if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                 p.observe_forward(s, t0.elapsed().as_secs_f64());
             }
-            valid = self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
+            let record = (!greedy).then_some(&mut drawn_from[..]);
+            valid = self.walk_revealed(
+                &mut block,
+                &mut revealed,
+                valid,
+                &mut end,
+                &mut rows,
+                record,
+            )?;
+            stamp(&mut when, &revealed, forwards);
             loop {
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }
-                valid = self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[])?;
+                let record = (!greedy).then_some(&mut drawn_from[..]);
+                valid =
+                    self.grammar_walk(&mut block, &mut revealed, valid, &mut end, &[], record)?;
+                stamp(&mut when, &revealed, forwards);
                 if !revealed[..end].contains(&false) {
                     break;
                 }
@@ -265,16 +306,75 @@ impl Decoder<'_> {
                 if let (Some(p), true) = (policy.as_deref_mut(), end == k) {
                     p.observe_forward(Shape::Next(k), t0.elapsed().as_secs_f64());
                 }
-                valid =
-                    self.walk_revealed(&mut block, &mut revealed, valid, &mut end, &mut rows)?;
+                let record = (!greedy).then_some(&mut drawn_from[..]);
+                valid = self.walk_revealed(
+                    &mut block,
+                    &mut revealed,
+                    valid,
+                    &mut end,
+                    &mut rows,
+                    record,
+                )?;
+                stamp(&mut when, &revealed, forwards);
             }
             clock.blocks += 1;
             self.context.extend_from_slice(&block[1..end]);
+            // the drafted tokens drawn in slot order (each no earlier than those left of it)
+            let checkable = if greedy {
+                end - 1
+            } else {
+                in_order(&when[..end])
+            };
             draft = Draft {
                 len: end - 1,
                 k,
                 forwards,
+                checkable,
             };
         }
+    }
+}
+
+/// After a forward (or the forced tokens before one), the `t`-th of its block: the revealed slots
+/// that have no forward yet get `t`; masked ones none (`usize::MAX`: a slot masked again is
+/// drawn anew later).
+fn stamp(when: &mut [usize], revealed: &[bool], t: usize) {
+    for (w, &r) in when.iter_mut().zip(revealed) {
+        if !r {
+            *w = usize::MAX;
+        } else if *w == usize::MAX {
+            *w = t;
+        }
+    }
+}
+
+/// How many drafted slots (after slot 0) were drawn each in the same forward of the block as the
+/// slot before it or a later one, `when` giving each slot's forward.
+fn in_order(when: &[usize]) -> usize {
+    when.windows(2).take_while(|w| w[1] >= w[0]).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drafts_are_checkable_up_to_the_first_slot_drawn_before_one_left_of_it() {
+        assert_eq!(in_order(&[0, 1, 1, 1]), 3, "a whole block in one forward");
+        assert_eq!(in_order(&[0, 1, 2, 2, 3]), 4, "left to right");
+        assert_eq!(in_order(&[0, 2, 1, 3]), 1, "slot 2 drawn before slot 1");
+        assert_eq!(in_order(&[0, 1, 3, 2, 4]), 2);
+        assert_eq!(in_order(&[0]), 0);
+    }
+
+    #[test]
+    fn a_slot_masked_again_takes_the_forward_it_is_drawn_again_in() {
+        let mut when = vec![0, usize::MAX, usize::MAX, usize::MAX];
+        stamp(&mut when, &[true, true, false, true], 1);
+        assert_eq!(when, [0, 1, usize::MAX, 1]);
+        stamp(&mut when, &[true, true, true, false], 2);
+        assert_eq!(when, [0, 1, 2, usize::MAX]);
+        stamp(&mut when, &[true, true, true, true], 3);
+        assert_eq!(in_order(&when), 3);
     }
 }

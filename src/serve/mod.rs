@@ -658,7 +658,6 @@ fn check(opts: &GenerateOptions, model: &Model) -> crate::Result<()> {
     if let Some(s) = opts.selection {
         s.validate()?;
     }
-    opts.check_verify()?;
     opts.sampling.validate()
 }
 

@@ -162,8 +162,8 @@ struct DecodeArgs {
     stop: Vec<String>,
     /// SBD and auto: check every drafted token against the model's own NTP choice before it is
     /// shown (the checks ride on the next block's first forward): greedy output equals NTP
-    /// decoding's, sampled output is distributed as NTP sampling's; with a structured-output
-    /// constraint (greedy only), the output is NTP + grammar decoding's.
+    /// decoding's, sampled output is distributed as NTP sampling's; under a structured-output
+    /// constraint, as NTP + grammar decoding's (greedy: the same output).
     #[arg(long)]
     verify: bool,
     /// Do not apply the model's chat template.
