@@ -263,22 +263,24 @@ impl Decoder<'_> {
             when.clear();
             when.resize(kk, usize::MAX);
             when[0] = 0;
-            let record = (!greedy).then_some(&mut drawn_from[..]);
-            self.reveal(rule, &mut block, &mut revealed, end, checked, record);
-            if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
-                p.observe_forward(s, t0.elapsed().as_secs_f64());
-            }
-            let record = (!greedy).then_some(&mut drawn_from[..]);
-            valid = self.walk_revealed(
-                &mut block,
-                &mut revealed,
-                valid,
-                &mut end,
-                &mut rows,
-                record,
-            )?;
-            stamp(&mut when, &revealed, forwards);
+            // the rows of the block's masked slots: after the checked ones in the first forward
+            let (mut row0, mut t0, mut shape) = (checked, t0, shape);
             loop {
+                let record = (!greedy).then_some(&mut drawn_from[..]);
+                self.reveal(rule, &mut block, &mut revealed, end, row0, record);
+                if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
+                    p.observe_forward(s, t0.elapsed().as_secs_f64());
+                }
+                let record = (!greedy).then_some(&mut drawn_from[..]);
+                valid = self.walk_revealed(
+                    &mut block,
+                    &mut revealed,
+                    valid,
+                    &mut end,
+                    &mut rows,
+                    record,
+                )?;
+                stamp(&mut when, &revealed, forwards);
                 if let Some(i) = (0..end).find(|&i| revealed[i] && eos.contains(&block[i])) {
                     end = i + 1;
                 }
@@ -292,7 +294,7 @@ impl Decoder<'_> {
                 if self.is_cancelled() {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
-                let t0 = Instant::now();
+                t0 = Instant::now();
                 self.input.clear();
                 self.input.extend_from_slice(&block[..end]);
                 self.buf.keep((0..end).filter(|&s| !revealed[s]));
@@ -301,21 +303,8 @@ impl Decoder<'_> {
                 }
                 forwards += 1;
                 since += 1;
-                let record = (!greedy).then_some(&mut drawn_from[..]);
-                self.reveal(rule, &mut block, &mut revealed, end, 0, record);
-                if let (Some(p), true) = (policy.as_deref_mut(), end == k) {
-                    p.observe_forward(Shape::Next(k), t0.elapsed().as_secs_f64());
-                }
-                let record = (!greedy).then_some(&mut drawn_from[..]);
-                valid = self.walk_revealed(
-                    &mut block,
-                    &mut revealed,
-                    valid,
-                    &mut end,
-                    &mut rows,
-                    record,
-                )?;
-                stamp(&mut when, &revealed, forwards);
+                row0 = 0;
+                shape = (end == k).then_some(Shape::Next(k));
             }
             clock.blocks += 1;
             self.context.extend_from_slice(&block[1..end]);
