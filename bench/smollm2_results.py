@@ -85,18 +85,36 @@ KEYS = {
 
 
 @functools.cache
+def adapter_dir(name: str) -> Path:
+    """A run's committed adapter: its last stage's (``adapters/sbd``, ``adapters/ntp``), or while that
+    stage is still training (models/make_smollm2.sh) its newest finished one, as
+    scripts/smollm2-sbd.sh builds the folders from."""
+    for d in (ADAPTERS / name, ADAPTERS / f"{name}-stage2", ADAPTERS / f"{name}-stage1"):
+        if (d / "adapter_model.safetensors").exists():
+            return d
+    raise SystemExit(f"no adapter for {name} under {ADAPTERS}: models/make_smollm2.sh trains it")
+
+
 def adapter_sha(name: str) -> str:
     """sha256 of a committed adapter's weights (the stamp scripts/smollm2-sbd.sh gives its folders)."""
     sys.path.insert(0, str(ROOT / "export"))
     from setblock_export import hf
 
-    return hf.sha256(ADAPTERS / name / "adapter_model.safetensors")
+    return hf.sha256(adapter_dir(name) / "adapter_model.safetensors")
 
 
-def weights() -> dict[str, str]:
-    """The adapters a section measured (first 12 hex digits of their sha256), saved with its figures
-    so the report says which training stage every section is from."""
-    return {name: adapter_sha(name)[:12] for name in ("sbd", "ntp") if (ADAPTERS / name).is_dir()}
+# the models whose figures a results key holds (the others are the SBD model's alone)
+TWIN_KEYS = ("table", "ppl")
+
+
+def models_of(key: str) -> tuple[str, ...]:
+    return ("sbd", "ntp") if key in TWIN_KEYS else ("sbd",)
+
+
+def weights(key: str) -> dict[str, str]:
+    """The adapters a results key measured (first 12 hex digits of their sha256), saved with its
+    figures so the report says which training stage every section is from."""
+    return {name: adapter_sha(name)[:12] for name in models_of(key)}
 
 
 def check_folders() -> None:
@@ -109,7 +127,7 @@ def check_folders() -> None:
             stamp = next((f for f in stamps if f.exists()), None)
             if stamp is not None and stamp.read_text().strip() != adapter_sha(name):
                 raise SystemExit(
-                    f"{dest / folder} was built from another adapter than {ADAPTERS / name}: "
+                    f"{dest / folder} was built from another adapter than {adapter_dir(name)}: "
                     f"run {'ADAPTER=ntp ' if name == 'ntp' else ''}scripts/smollm2-sbd.sh (QUANT=... for int8/int4)"
                 )
 
@@ -142,33 +160,125 @@ def bench(model: Path, prompts: Path, threads: int, *extra: str) -> list[dict]:
     return json.loads(run_bench(model, prompts, threads, *extra))
 
 
-def section_table(res: dict, limit: int | None) -> None:
+def kept_rows(res: dict, model: str, files: dict[str, Path], low: float, high: float) -> dict[str, dict]:
+    """The table rows of ``model`` (``sbd`` or ``ntp``) from the results file, per task, for a table run
+    that decodes only the other model: refused unless they were measured on the committed adapter,
+    the same problems and gammas."""
+    old = res.get("table")
+    if old is None:
+        raise SystemExit(f"table --table-models: no earlier table to keep {model}'s rows from; run both")
+    why = []
+    if old.get("weights", {}).get(model) != adapter_sha(model)[:12]:
+        why.append(f"its {model} adapter is not the committed one")
+    if (old["gamma_low"], old["gamma_high"], old["block_size"], old["folder"]) != (low, high, BLOCK, FOLDER):
+        why.append("its gammas, block size or folder differ")
+    for task, f in files.items():
+        n = sum(1 for line in f.read_text().splitlines() if line.strip())
+        if old["tasks"].get(task, {}).get("problems") != n:
+            why.append(f"it has not {n} {task} problems")
+    if why:
+        raise SystemExit(f"table --table-models: cannot keep {model}'s rows ({'; '.join(why)}): rerun them")
+    keys = ["sbd_ntp", "sbd", "sbd_verified"] if model == "sbd" else ["ntp_twin"]
+    return {task: {k: old["tasks"][task][k] for k in keys} for task in files}
+
+
+def _weighted(weights: list, values: list) -> float:
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+
+
+def merge_rows(rows: tuple[dict, ...]) -> dict:
+    """One system's ``setblock bench`` results on disjoint prompt sets, as one run over all of them:
+    counts summed, rates of tokens over time as tokens over the summed times, means weighted."""
+    n = sum(r["prompts"] for r in rows)
+    tokens = sum(r["generated_tokens"] for r in rows)
+    forwards = sum(r["forward_passes"] for r in rows)
+    ntp_forwards = sum(r["forward_reduction_vs_ntp"] * r["forward_passes"] for r in rows)
+    seconds = [r["generated_tokens"] / r["decode_tokens_per_s"] for r in rows]
+    prompts = [r["prompts"] for r in rows]
+
+    def rate(key: str) -> float | None:
+        values = [r[key] for r in rows]
+        if None in values:
+            return None
+        return tokens / sum(r["generated_tokens"] / v for r, v in zip(rows, values, strict=True))
+
+    def mean(key: str, weights: list) -> float | None:
+        values = [r[key] for r in rows]
+        return None if None in values else _weighted(weights, values)
+
+    tasks = sorted({t for r in rows for t in r["per_task_accuracy"]})
+    return {
+        **rows[0],
+        "prompts": n,
+        "generated_tokens": tokens,
+        "forward_passes": forwards,
+        "tokens_per_forward": tokens / forwards,
+        "forward_reduction_vs_ntp": ntp_forwards / forwards,
+        "decode_tokens_per_s": tokens / sum(seconds),
+        "mean_ttft_ms": mean("mean_ttft_ms", prompts),
+        "runtime_overhead_pct": mean("runtime_overhead_pct", seconds),
+        "predicted_decode_tokens_per_s": rate("predicted_decode_tokens_per_s"),
+        "learned_curve_decode_tokens_per_s": rate("learned_curve_decode_tokens_per_s"),
+        "sbd_blocks": sum(r["sbd_blocks"] for r in rows),
+        "same_tokens_as_ntp": sum(r.get("same_tokens_as_ntp", 0) for r in rows),
+        "accuracy": mean("accuracy", prompts),
+        "per_task_accuracy": {t: _weighted(prompts, [r["per_task_accuracy"].get(t, 0.0) for r in rows]) for t in tasks},
+    }
+
+
+def merge_bench(parts: list[list[dict]]) -> list[dict]:
+    """``setblock bench`` results of the same systems on disjoint prompt sets, system by system."""
+    return [merge_rows(rows) for rows in zip(*parts, strict=True)]
+
+
+def halves(f: Path) -> list[Path]:
+    """A prompt file split in two (the first half, the rest), beside it: two jobs that can run on
+    the two cores."""
+    lines = [line for line in f.read_text().splitlines() if line.strip()]
+    cut = (len(lines) + 1) // 2
+    out = []
+    for i, part in enumerate((lines[:cut], lines[cut:])):
+        if part:
+            h = f.with_name(f"{f.stem}-half{i}.jsonl")
+            h.write_text("\n".join(part) + "\n")
+            out.append(h)
+    return out
+
+
+def section_table(res: dict, limit: int | None, models: list[str]) -> None:
     low, high = gammas()
     files = prompt_files(limit)
+    kept = {m: kept_rows(res, m, files, low, high) for m in ("sbd", "ntp") if m not in models}
     out: dict = {"block_size": BLOCK, "gamma_low": low, "gamma_high": high, "folder": FOLDER, "tasks": {}}
     # each SBD row also verified (docs/sbd-verified.md)
     sbd_args = ("--block-size", str(BLOCK), "--gammas", f"{low},{high}", "--verify")
-    with ThreadPoolExecutor(2) as pool:  # accuracy and forwards only: load does not change them
+    # accuracy and forwards only (load does not change them): each task's problems in two halves,
+    # so that the jobs share the two cores evenly
+    with ThreadPoolExecutor(2) as pool:
         jobs = {}
         for task, f in files.items():
+            parts = halves(f)
             jobs[task] = (
-                pool.submit(bench, NTP / FOLDER, f, 1, "--ntp-only"),
-                pool.submit(bench, SBD / FOLDER, f, 1, *sbd_args),
+                [pool.submit(bench, NTP / FOLDER, h, 1, "--ntp-only") for h in parts] if "ntp" in models else None,
+                [pool.submit(bench, SBD / FOLDER, h, 1, *sbd_args) for h in parts] if "sbd" in models else None,
             )
         for task, (ntp, sbd) in jobs.items():
-            n, s = ntp.result(), sbd.result()
-            plain = [r for r in s[1:] if "+verify" not in r["system"]]
-            verified = [r for r in s[1:] if "+verify" in r["system"]]
-            out["tasks"][task] = {
-                "problems": n[0]["prompts"],
-                "ntp_twin": n[0],
-                "sbd_ntp": s[0],
-                "sbd": plain,
-                "sbd_verified": verified,
-            }
+            row: dict = {"problems": sum(1 for line in files[task].read_text().splitlines() if line.strip())}
+            if ntp is not None:
+                row["ntp_twin"] = merge_bench([j.result() for j in ntp])[0]
+            if sbd is not None:
+                s = merge_bench([j.result() for j in sbd])
+                row["sbd_ntp"] = s[0]
+                row["sbd"] = [r for r in s[1:] if "+verify" not in r["system"]]
+                row["sbd_verified"] = [r for r in s[1:] if "+verify" in r["system"]]
+            for rows in kept.values():
+                row.update(rows[task])
+            out["tasks"][task] = row
             res["table"] = out
             OUT.write_text(json.dumps(res, indent=1))  # task by task: a run cut short keeps them
-            print(f"{task}: twin {n[0]['accuracy']:.1f}, " + ", ".join(f"{r['system']} {r['accuracy']:.1f}" for r in s))
+            systems = [row["sbd_ntp"], *row["sbd"], *row["sbd_verified"]]
+            accuracy = ", ".join(f"{r['system']} {r['accuracy']:.1f}" for r in systems)
+            print(f"{task}: twin {row['ntp_twin']['accuracy']:.1f}, {accuracy}")
     res["table"] = out
 
 
@@ -256,9 +366,9 @@ def merged_checkpoint(name: str) -> Path:
     mark = out / ".adapter-sha256"
     if not (out / "config.json").exists() or not mark.exists() or mark.read_text() != stamp:
         shutil.rmtree(out, ignore_errors=True)
-        model = hf.load_model(ADAPTERS / name)
+        model = hf.load_model(adapter_dir(name))
         model.save_pretrained(out)
-        hf.load_tokenizer(ADAPTERS / name).save_pretrained(out)
+        hf.load_tokenizer(adapter_dir(name)).save_pretrained(out)
         mark.write_text(stamp)
     return out
 
@@ -333,15 +443,15 @@ def section_ppl(res: dict, windows: int, length: int) -> None:
     fetch = [str(ROOT / "scripts" / "fetch-smollm2.sh")]
     gguf = Path(subprocess.run(fetch, check=True, capture_output=True, text=True).stdout.strip())
     os.environ["SETBLOCK_LORA_BASE"] = str(gguf)
-    tok = hf.load_tokenizer(ADAPTERS / "sbd")
+    tok = hf.load_tokenizer(adapter_dir("sbd"))
     ids = tok(devil_text(), add_special_tokens=False)["input_ids"]
     n = min(windows, len(ids) // length)
     chunks = torch.tensor(ids[: n * length]).view(n, length)
     out: dict = {"corpus": "The Devil's Dictionary (Debian dict-devil)", "windows": n, "tokens_per_window": length}
     for name, load in (
         ("base", lambda: hf.load_base(gguf)),
-        ("ntp_twin", lambda: hf.load_model(ADAPTERS / "ntp")),
-        ("sbd", lambda: hf.load_model(ADAPTERS / "sbd")),
+        ("ntp_twin", lambda: hf.load_model(adapter_dir("ntp"))),
+        ("sbd", lambda: hf.load_model(adapter_dir("sbd"))),
     ):
         model = load()
         nll, count = 0.0, 0
@@ -465,19 +575,21 @@ def plot(res: dict) -> None:
 
 def weights_lines(res: dict) -> list[str]:
     """Which adapters each section measured, against the committed ones."""
-    now = weights()
+    now = {name: adapter_sha(name)[:12] for name in ("sbd", "ntp")}
     built = [d.name for d in sorted(ADAPTERS.iterdir()) if (d / "adapter_model.safetensors").exists()]
     stages = {adapter_sha(name)[:12]: name for name in built}
     lines = ["Adapters measured, per section (sha256 prefix of `adapter_model.safetensors`; committed now: "]
-    lines[0] += ", ".join(f"`adapters/{k}` {v}" for k, v in now.items()) + "):"
+    lines[0] += ", ".join(f"`adapters/{adapter_dir(k).name}` {v}" for k, v in now.items()) + "):"
     lines.append("")
     for key in [k for keys in KEYS.values() for k in keys if k in res]:
         w = res[key].get("weights")
         if w is None:
             lines.append(f"- {key}: not recorded (measured before the results file kept it)")
             continue
+        w = {m: v for m, v in w.items() if m in models_of(key)}
         names = ", ".join(f"{m} `adapters/{stages.get(v, '?')}` {v}" for m, v in w.items())
-        stale = "" if w == now else " (**not the committed adapters: rerun this section**)"
+        current = all(now[m] == v for m, v in w.items())
+        stale = "" if current else " (**not the committed adapters: rerun this section**)"
         lines.append(f"- {key}: {names}{stale}")
     return lines + [""]
 
@@ -557,6 +669,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sections", nargs="*", default=SECTIONS[:-1], choices=SECTIONS)
     ap.add_argument("--limit", type=int, default=None, help="problems per task for the table (default: all 300)")
+    ap.add_argument(
+        "--table-models",
+        nargs="+",
+        choices=["sbd", "ntp"],
+        default=["sbd", "ntp"],
+        help="table: the models decoded; the other's rows are kept from the results file (same adapter and problems)",
+    )
     ap.add_argument("--sweep-limit", type=int, default=100)
     ap.add_argument("--ltr-limit", type=int, default=20, help="problems per task for sweep-ltr")
     ap.add_argument("--verified-limit", type=int, default=25, help="problems per task for sweep-verified")
@@ -575,7 +694,7 @@ def main() -> None:
         check_folders()
     for s in a.sections:
         if s == "table":
-            section_table(res, a.limit)
+            section_table(res, a.limit, a.table_models)
         elif s == "sweep":
             section_sweep(res, a.sweep_limit)
         elif s == "sweep-ltr":
@@ -591,7 +710,7 @@ def main() -> None:
         elif s == "general":
             section_general(res)
         for key in KEYS.get(s, []):
-            res[key]["weights"] = weights()
+            res[key]["weights"] = weights(key)
         OUT.write_text(json.dumps(res, indent=1))
     report(res)
 

@@ -4,12 +4,14 @@
 # (finetune --time-limit: both stop with a checkpoint after the step that passes it), and copies each run's resumable state (adapter +
 # optimizer + data cursor) and metrics to models/smollm2-135m-sbd/train/, which is committed. The
 # next call restores them and resumes bit for bit. When both runs reach STEPS, their adapters land
-# in models/smollm2-135m-sbd/adapters/{sbd-stage1,ntp}/ (committed).
-# Stages 2 and 3 (SBD only; SBD needs more tokens than NTP, method doc section 2): when the stage
-# before is done, STAGE_STEPS (420) more steps from its adapter (finetune --init-adapter: a fresh
-# AdamW, lr 5e-4 with 10 warmup steps and a cosine, the documents the earlier stages did not reach),
-# alone with 2 threads; stage 2's adapter lands in adapters/sbd-stage2, stage 3's in adapters/sbd
-# (committed; scripts/smollm2-sbd.sh exports it), their resumable states in train/sbdN while they run.
+# in models/smollm2-135m-sbd/adapters/{sbd,ntp}-stage1/ (committed).
+# Stages 2 and 3, each run in turn (SBD needs more tokens than NTP, method doc section 2, and the
+# twin gets the same steps so that the comparison stays the paper's): when a run's stage before is
+# done, STAGE_STEPS (420) more steps from its adapter (finetune --init-adapter: a fresh AdamW, lr 5e-4
+# with 10 warmup steps and a cosine, the documents the earlier stages did not reach), alone with 2
+# threads; stage 2's adapter lands in adapters/RUN-stage2, stage 3's in adapters/RUN (committed;
+# scripts/smollm2-sbd.sh exports it, or the newest finished stage until then), their resumable
+# states in train/RUNn while they run (sbd2, sbd3, ntp2, ntp3).
 #   BUDGET_MIN=100 models/make_smollm2.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,16 +73,18 @@ train() {
 adapters=models/smollm2-135m-sbd/adapters
 train sbd "$adapters/sbd-stage1" --objective sbd "${common[@]}" &
 sbd_pid=$!
-train ntp "$adapters/ntp" --objective ntp "${common[@]}"
+train ntp "$adapters/ntp-stage1" --objective ntp "${common[@]}"
 wait $sbd_pid
-# later SBD stages, alone with 2 threads, each from the adapter of the one before; the last one's adapter
-# is the shipped adapters/sbd, the others' adapters/sbd-stageN
-prev=sbd-stage1
-for stage in 2 3; do
-  [ -f "$adapters/$prev/adapter_model.safetensors" ] || break
-  dest=sbd-stage$stage
-  [ "$stage" = 3 ] && dest=sbd
-  train "sbd$stage" "$adapters/$dest" --objective sbd "${recipe[@]}" --steps "${STAGE_STEPS:-420}" --lr 5e-4 \
-    --threads 2 --init-adapter "$adapters/$prev"
-  prev=$dest
+# later stages, alone with 2 threads, each from the adapter of the one before; the last one's adapter
+# is adapters/RUN (the shipped adapters/sbd, the twin's adapters/ntp), the others' adapters/RUN-stageN
+for run in sbd ntp; do
+  prev=$run-stage1
+  for stage in 2 3; do
+    [ -f "$adapters/$prev/adapter_model.safetensors" ] || break
+    dest=$run-stage$stage
+    [ "$stage" = 3 ] && dest=$run
+    train "$run$stage" "$adapters/$dest" --objective "$run" "${recipe[@]}" --steps "${STAGE_STEPS:-420}" --lr 5e-4 \
+      --threads 2 --init-adapter "$adapters/$prev"
+    prev=$dest
+  done
 done

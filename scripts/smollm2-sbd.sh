@@ -11,6 +11,14 @@ py=.venv/bin/python
 name=${ADAPTER:-sbd}
 adapter=models/smollm2-135m-sbd/adapters/$name
 dest=models/smollm2-135m-$name
+# a run whose last stage is still training (models/make_smollm2.sh): its newest finished stage
+for s in 2 1; do
+  [ -f "$adapter/adapter_model.safetensors" ] && break
+  if [ -f "$adapter-stage$s/adapter_model.safetensors" ]; then
+    adapter=$adapter-stage$s
+    echo "smollm2-sbd: $name's last stage is not trained yet; building $dest from $adapter" >&2
+  fi
+done
 if [ ! -f "$adapter/adapter_model.safetensors" ]; then
   echo "smollm2-sbd: no adapter at $adapter yet; models/make_smollm2.sh trains it (see its header)" >&2
   exit 2
@@ -39,4 +47,4 @@ for q in ${QUANT:-none int8}; do
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export verify --folder "$out" --checkpoint "$adapter"
   echo "$stamp" > "$out/.adapter-sha256"
 done
-echo "$dest: fp32 and int8 are ready: target/release/setblock generate --model $dest/int8 --prompt '...'"
+echo "$dest: ${QUANT:-none int8} ready (none: fp32/): target/release/setblock generate --model $dest/int8 --prompt '...'"
