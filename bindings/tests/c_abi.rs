@@ -480,11 +480,18 @@ fn verified_sbd_through_the_c_abi_gives_the_ntp_text() {
     let mut bad = g;
     bad.verify = 2;
     refused(s, &bad, sb_status::SB_ERR_OPTION, "options.verify = 2");
+    // sampled values under a constraint: checked against the masked NTP distribution
     let rx = CString::new("[a-z]+").unwrap();
     let mut constrained = g;
     constrained.regex = rx.as_ptr();
     constrained.temperature = 0.5;
-    refused(s, &constrained, sb_status::SB_ERR_OPTION, "temperature 0");
+    constrained.mode = sb_mode::SB_MODE_SBD as c_int;
+    assert_eq!(sb_session_reset(s), sb_status::SB_OK);
+    let (text, _) = generate_ok(s, "sort 3 1 2", &constrained);
+    assert!(
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase()),
+        "{text:?}"
+    );
     sb_session_free(s);
     sb_model_free(m);
 }
