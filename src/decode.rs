@@ -49,6 +49,9 @@ pub(crate) struct Decoder<'a> {
     pub grammar: Option<Grammar>,
     /// Scratch: a logits row with the grammar's disallowed tokens at -inf.
     pub masked: Vec<f32>,
+    /// Scratch: under a constraint, the value each masked slot of the block would be revealed
+    /// with (`score_guided`; the mask token where none).
+    pub drafts: Vec<u32>,
 }
 
 /// Output of a loop: the generated tokens (also appended to `context`) and the stats.
@@ -324,16 +327,18 @@ impl Decoder<'_> {
     /// Score the masked slots before `end` (their logits rows in this forward's kept rows from
     /// `row0` on, in slot order), let `rule` choose, and reveal its choice; `self.scores` keeps
     /// the scored slots in the rule's order. With `dists`, each revealed slot's value is drawn
-    /// from the distribution left in `dists[slot]` (verified SBD's sampled drafts).
+    /// from the distribution left in `dists[slot]` (verified SBD's sampled drafts). Under a
+    /// constraint and without `dists`, the slots from `valid` (the first not committed to the
+    /// grammar) on are scored and drawn under the grammar (`score_guided`).
     fn reveal(
         &mut self,
         rule: Selection,
         block: &mut [u32],
         revealed: &mut [bool],
-        end: usize,
+        (valid, end): (usize, usize),
         row0: usize,
         mut dists: Option<&mut [Vec<(f32, u32)>]>,
-    ) {
+    ) -> Result<()> {
         let (mask_id, vocab) = (
             self.model.manifest.mask_token_id,
             self.model.manifest.vocab_size,
@@ -348,7 +353,13 @@ impl Decoder<'_> {
                 confidence: 0.0,
             });
         }
-        score_rows(self.scores, &self.buf.logits, vocab, mask_id);
+        self.drafts.clear();
+        self.drafts.resize(end, mask_id);
+        let guided = match dists {
+            None => self.score_guided(block, revealed, valid, end)?,
+            Some(_) => 0,
+        };
+        score_rows(&mut self.scores[guided..], &self.buf.logits, vocab, mask_id);
         let n = select(rule, self.scores);
         for i in 0..n {
             let SlotScore { slot, row, .. } = self.scores[i];
@@ -358,10 +369,72 @@ impl Decoder<'_> {
                     self.sampler
                         .choose_recorded(logits, mask_id, self.context, &mut d[slot])
                 }
+                None if self.drafts[slot] != mask_id => self.drafts[slot],
                 None => self.sampler.choose(logits, mask_id, self.context),
             };
             revealed[slot] = true;
         }
+        Ok(())
+    }
+
+    /// Structured output: score the masked slots from `valid` on under the mask the grammar
+    /// would have at each if every slot before it held its value (a revealed slot its token, a
+    /// masked one the value drawn for it here under its own mask, kept in `self.drafts`), so
+    /// that the selection rule sees the distributions the grammar walk commits from: a slot
+    /// where the grammar lets one token through (a key, a quote or a brace after a free value)
+    /// scores zero entropy and is revealed in the same forward, and a slot the model only fills
+    /// well with a token the grammar forbids no longer looks certain. Stops at a revealed slot
+    /// the grammar refuses and where the output is complete; the grammar's state is restored.
+    /// Returns how many of `self.scores` (their first ones, in slot order) were scored.
+    fn score_guided(
+        &mut self,
+        block: &[u32],
+        revealed: &[bool],
+        valid: usize,
+        end: usize,
+    ) -> Result<usize> {
+        let Decoder {
+            grammar,
+            buf,
+            sampler,
+            masked,
+            context,
+            model,
+            scores,
+            drafts,
+            ..
+        } = self;
+        let Some(g) = grammar.as_mut() else {
+            return Ok(0);
+        };
+        let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
+        g.look_ahead(|g| {
+            let mut i = 0;
+            for s in valid..end {
+                if g.is_done() {
+                    break;
+                }
+                let t = if revealed[s] {
+                    block[s]
+                } else {
+                    let Some(sc) = scores.get_mut(i).filter(|sc| sc.slot == s) else {
+                        break;
+                    };
+                    if g.mask()?.is_zero() {
+                        break; // a dead end of the drafts (the walk decides what is committed)
+                    }
+                    g.masked_row(&buf.logits[sc.row * vocab..(sc.row + 1) * vocab], masked)?;
+                    (sc.entropy, sc.confidence) = entropy_confidence(masked, mask_id);
+                    i += 1;
+                    drafts[s] = sampler.choose(masked, mask_id, context);
+                    drafts[s]
+                };
+                if !g.try_accept(t)? {
+                    break;
+                }
+            }
+            Ok(i)
+        })
     }
 
     /// `grammar_walk` after a forward whose masked slots were scored in `self.scores` (their
@@ -574,7 +647,7 @@ impl Decoder<'_> {
                     return Ok(self.finish(out, StopReason::Cancelled, clock, on));
                 }
                 forwards += 1;
-                self.reveal(rule, &mut block, &mut revealed, end, 0, None);
+                self.reveal(rule, &mut block, &mut revealed, (valid, end), 0, None)?;
                 // the forward and the work on its logits: what a step of this shape costs
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());

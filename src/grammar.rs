@@ -176,6 +176,11 @@ pub struct Grammar {
     /// The mask of the current state, once computed (`new` computes the first to check the
     /// vocabulary; the first forward's sampling then reuses it); dropped when a token is committed.
     current: Option<SimpleVob>,
+    /// Tokens committed (what `look_ahead` rolls back to).
+    committed: usize,
+    /// Inside `look_ahead`: the token count it started from and that state's mask, once
+    /// computed (kept for after the rollback).
+    base: Option<(usize, Option<SimpleVob>)>,
 }
 
 impl std::fmt::Debug for Grammar {
@@ -205,6 +210,8 @@ impl Grammar {
             forced: 0,
             use_forced: true,
             current: None,
+            committed: 0,
+            base: None,
         };
         let first = g.mask()?;
         if first.is_zero() {
@@ -239,7 +246,13 @@ impl Grammar {
                 let m = self.matcher.compute_mask();
                 self.seconds += t0.elapsed().as_secs_f64();
                 self.masks += 1;
-                m.map_err(|_| self.failed("computing the token mask failed"))?
+                let m = m.map_err(|_| self.failed("computing the token mask failed"))?;
+                if let Some((n, kept @ None)) = &mut self.base {
+                    if *n == self.committed {
+                        *kept = Some(m.clone());
+                    }
+                }
+                m
             }
         };
         Ok(self.current.insert(m))
@@ -276,6 +289,7 @@ impl Grammar {
             Ok(0) => Ok(false), // refused: the state, and its mask, are unchanged
             Ok(n) => {
                 self.current = None;
+                self.committed += n;
                 Ok(n == 1)
             }
             Err(_) => {
@@ -305,7 +319,28 @@ impl Grammar {
         self.current = None;
         self.matcher
             .rollback(n)
-            .map_err(|_| self.failed("rolling back the constraint's state failed"))
+            .map_err(|_| self.failed("rolling back the constraint's state failed"))?;
+        self.committed -= n;
+        Ok(())
+    }
+
+    /// Run `f`, which may commit tokens, and come back to the state before it: what `f`
+    /// committed is rolled back, and the mask of that state, if `f` computed it, is kept.
+    pub(crate) fn look_ahead<T>(
+        &mut self,
+        f: impl FnOnce(&mut Grammar) -> Result<T>,
+    ) -> Result<T> {
+        let before = self.committed;
+        self.base = Some((before, self.current.clone()));
+        let out = f(self);
+        let mask = self.base.take().and_then(|(_, m)| m);
+        let back = self.rollback(self.committed - before);
+        let out = out?;
+        back?;
+        if mask.is_some() {
+            self.current = mask;
+        }
+        Ok(out)
     }
 
     /// With `false`, `forced_tokens` is always empty (forced tokens are then sampled like any).

@@ -106,7 +106,7 @@ fn argmax_scalar(row: &[f32], skip: u32) -> u32 {
 /// One exp per entry: with z = sum e^(x-m), H = ln z - sum e^(x-m) (x-m) / z, which is
 /// -sum p ln p rewritten. The exps are float32 (`fast_exp`, vectorised) and the sums float64:
 /// within 1e-5 nats of the reference decoder's float64 -sum p ln p (tested; the golden cases
-/// hold the decisions equal).
+/// hold the decisions equal). Entries at -inf (tokens a grammar forbids) count as probability 0.
 pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
     let (head, tail) = around(row, skip as usize);
     let m = lane_max(head).max(lane_max(tail));
@@ -120,8 +120,11 @@ pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
         let rest = chunks.remainder();
         for c in chunks {
             for i in 0..8 {
-                let d = c[i] - m;
-                let e = fast_exp(d);
+                // an entry 87 or more below the maximum (a probability under 2e-38; a token
+                // a grammar forbids is -inf) adds exactly nothing, so that a row with one
+                // allowed token has entropy 0, and -inf never makes the sum -inf
+                let d = (c[i] - m).max(-87.0);
+                let e = if d > -87.0 { fast_exp(d) } else { 0.0 };
                 zl[i] += e;
                 sl[i] += e * d;
             }
@@ -129,8 +132,8 @@ pub fn entropy_confidence(row: &[f32], skip: u32) -> (f64, f64) {
         z += zl.iter().map(|&v| f64::from(v)).sum::<f64>();
         s += sl.iter().map(|&v| f64::from(v)).sum::<f64>();
         for &v in rest {
-            let d = v - m;
-            let e = fast_exp(d);
+            let d = (v - m).max(-87.0);
+            let e = if d > -87.0 { fast_exp(d) } else { 0.0 };
             z += f64::from(e);
             s += f64::from(e * d);
         }
@@ -600,6 +603,23 @@ mod tests {
         let (h, c) = entropy_confidence(&[0.0; 4], 9);
         assert!((h - 4f64.ln()).abs() < 1e-12);
         assert!((c - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entries_a_grammar_forbids_count_as_probability_zero() {
+        // 20 entries at -inf (forbidden), 4 equal ones: the entropy of 4, not -inf or NaN
+        let mut row = vec![f32::NEG_INFINITY; 24];
+        for i in [3, 8, 13, 21] {
+            row[i] = 1.5;
+        }
+        let (h, c) = entropy_confidence(&row, 99);
+        assert!((h - 4f64.ln()).abs() < 1e-6, "{h}");
+        assert!((c - 0.25).abs() < 1e-6, "{c}");
+        // one allowed token: a point mass
+        let mut one = vec![f32::NEG_INFINITY; 24];
+        one[5] = -3.0;
+        let (h, c) = entropy_confidence(&one, 99);
+        assert!(h == 0.0 && c == 1.0, "{h} {c}");
     }
 
     #[test]

@@ -382,6 +382,7 @@ impl Session {
             cancelled: &self.flag,
             grammar,
             masked: Vec::new(),
+            drafts: Vec::new(),
         };
         let result = match (opts.mode, k) {
             (Mode::Ntp, _) | (Mode::Sbd | Mode::Auto, 1) => dec.ntp(opts.max_new_tokens, on_event),

@@ -126,6 +126,32 @@ fn json_schema_outputs_validate_in_every_mode() {
     );
 }
 
+/// The selection rule sees each slot's distribution under the mask the grammar would have
+/// there given the slots before it: where the schema lets one token through (a key, a quote, a
+/// brace after a value), that slot is certain and comes with the forward that fills the value
+/// before it. At gamma 0 a forward reveals one slot plus the certain ones (entropy 0); with
+/// forced tokens off (so that only this can fill them) and slots scored without the grammar,
+/// that is at most two tokens a forward (the slot chosen and the leftmost one, which the
+/// grammar walk reveals in any case).
+#[test]
+fn slots_the_grammar_leaves_one_choice_come_with_the_forward_before_them() {
+    let o = GenerateOptions {
+        selection: Some(setblock::Selection::EbEntropy { gamma: 0.0 }),
+        forced_tokens: false,
+        ..opts(Mode::Sbd, Some(Constraint::JsonSchema(SCHEMA.into())), 0.0, 0)
+    };
+    let out = run(&o);
+    check_json(&out.text).unwrap();
+    assert_eq!(out.stats.forced_tokens, 0);
+    let (forwards, tokens) = (out.stats.forward_passes, out.stats.generated_tokens);
+    // the keys and punctuation of {"answer": N, "unit": "U", "steps": [..]} are most of it
+    assert!(
+        3 * forwards < tokens,
+        "{forwards} forwards for {tokens} tokens: {:?}",
+        out.text
+    );
+}
+
 #[test]
 fn invalid_constraints_are_errors_before_any_forward() {
     let cases = [

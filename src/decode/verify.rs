@@ -267,7 +267,7 @@ impl Decoder<'_> {
             let (mut row0, mut t0, mut shape) = (checked, t0, shape);
             loop {
                 let record = (!greedy).then_some(&mut drawn_from[..]);
-                self.reveal(rule, &mut block, &mut revealed, end, row0, record);
+                self.reveal(rule, &mut block, &mut revealed, (valid, end), row0, record)?;
                 if let (Some(p), Some(s)) = (policy.as_deref_mut(), shape) {
                     p.observe_forward(s, t0.elapsed().as_secs_f64());
                 }
