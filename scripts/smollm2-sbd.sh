@@ -47,4 +47,5 @@ for q in ${QUANT:-none int8}; do
   SETBLOCK_LORA_BASE=$gguf $py -m setblock_export verify --folder "$out" --checkpoint "$adapter"
   echo "$stamp" > "$out/.adapter-sha256"
 done
-echo "$dest: ${QUANT:-none int8} ready (none: fp32/): target/release/setblock generate --model $dest/int8 --prompt '...'"
+# the folder built last (int8 with the default QUANT) is the one to try
+echo "$dest: ${QUANT:-none int8} ready (none: fp32/): target/release/setblock generate --model $out --prompt '...'"
