@@ -326,10 +326,7 @@ impl Grammar {
 
     /// Run `f`, which may commit tokens, and come back to the state before it: what `f`
     /// committed is rolled back, and the mask of that state, if `f` computed it, is kept.
-    pub(crate) fn look_ahead<T>(
-        &mut self,
-        f: impl FnOnce(&mut Grammar) -> Result<T>,
-    ) -> Result<T> {
+    pub(crate) fn look_ahead<T>(&mut self, f: impl FnOnce(&mut Grammar) -> Result<T>) -> Result<T> {
         let before = self.committed;
         self.base = Some((before, self.current.clone()));
         let out = f(self);

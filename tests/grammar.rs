@@ -138,7 +138,12 @@ fn slots_the_grammar_leaves_one_choice_come_with_the_forward_before_them() {
     let o = GenerateOptions {
         selection: Some(setblock::Selection::EbEntropy { gamma: 0.0 }),
         forced_tokens: false,
-        ..opts(Mode::Sbd, Some(Constraint::JsonSchema(SCHEMA.into())), 0.0, 0)
+        ..opts(
+            Mode::Sbd,
+            Some(Constraint::JsonSchema(SCHEMA.into())),
+            0.0,
+            0,
+        )
     };
     let out = run(&o);
     check_json(&out.text).unwrap();
