@@ -30,6 +30,10 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
 - ``ppl``: perplexity of the base model, the NTP twin and the SBD model on held-out general text:
   Ambrose Bierce's *The Devil's Dictionary* (1911, public domain), from Debian's ``dict-devil``
   package (fetched with ``apt-get download``), never in the training mix.
+- ``extract-schema``: the extract task's held-out problems (``--limit``) decoded under the task's JSON
+  schema (bench/extract.schema.json, also examples/structured.rs's): NTP + grammar and SBD + grammar
+  at the manifest's gammas, plain and verified, beside Table 1's unconstrained extract rows
+  (docs/structured-output.md).
 - ``general``: the 47 held-out general instructions (runs/smollm2/mix/general_test.jsonl): SBD's
   tokens per forward, and how often its greedy output equals the same model's NTP greedy output;
   the same for verified SBD.
@@ -64,7 +68,19 @@ SBD = ROOT / "models" / "smollm2-135m-sbd"
 NTP = ROOT / "models" / "smollm2-135m-ntp"
 ADAPTERS = SBD / "adapters"
 SWEEP = [0.0, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0, 2.0]
-SECTIONS = ["table", "sweep", "sweep-ltr", "sweep-verified", "reference", "speed", "ppl", "general", "report"]
+SECTIONS = [
+    "table",
+    "sweep",
+    "sweep-ltr",
+    "sweep-verified",
+    "reference",
+    "speed",
+    "ppl",
+    "general",
+    "extract-schema",
+    "report",
+]
+EXTRACT_SCHEMA = ROOT / "bench" / "extract.schema.json"
 BLOCK = 8
 # The folder the accuracy figures use: fp32 (the reference); `--folder int8` decodes the int8 folder
 # that scripts/smollm2-sbd.sh builds beside it.
@@ -81,6 +97,7 @@ KEYS = {
     "speed": ["speed"],
     "ppl": ["ppl"],
     "general": ["general"],
+    "extract-schema": ["extract_schema"],
 }
 
 
@@ -491,6 +508,41 @@ def section_general(res: dict) -> None:
     res["general"] = out
 
 
+def section_extract_schema(res: dict, limit: int | None) -> None:
+    low, high = gammas()
+    f = prompt_files(limit)["extract"]
+    args = ("--block-size", str(BLOCK), "--gammas", f"{low},{high}", "--verify", "--json-schema", str(EXTRACT_SCHEMA))
+    with ThreadPoolExecutor(2) as pool:
+        rows = merge_bench([j.result() for j in [pool.submit(bench, SBD / FOLDER, h, 1, *args) for h in halves(f)]])
+    problems = sum(1 for line in f.read_text().splitlines() if line.strip())
+    res["extract_schema"] = {"problems": problems, "block_size": BLOCK, "folder": FOLDER, "rows": rows}
+    for r in rows:
+        print(f"extract under its schema: {r['system']} {r['accuracy']:.1f}% ({r['forward_reduction_vs_ntp']:.2f}x)")
+
+
+def extract_schema_lines(res: dict) -> list[str]:
+    """The extract task under its schema, beside Table 1's unconstrained rows of the same problems."""
+    e = res.get("extract_schema")
+    if not e:
+        return []
+    where = f"{e['problems']} problems, {e['folder']}, block {e['block_size']}"
+    lines = [f"## The extract task under its JSON schema ({where})", ""]
+    lines += ["`--json-schema bench/extract.schema.json` (docs/structured-output.md). Forward reduction against"]
+    lines += ["NTP + grammar decoding of the same model."]
+    t = res.get("table", {}).get("tasks", {}).get("extract")
+    free: dict[str, dict] = {}
+    if t and t["problems"] == e["problems"]:
+        free = {r["system"]: r for r in [t["sbd_ntp"], *t["sbd"], *t["sbd_verified"]]}
+        lines[-1] += " Without the schema: Table 1's extract rows (the same problems)."
+    lines += ["", "| decoding | accuracy % | forward reduction | without the schema |", "|---|---|---|---|"]
+    for r in e["rows"]:
+        f = free.get(r["system"])
+        other = f"{f['accuracy']:.1f} ({f['forward_reduction_vs_ntp']:.2f}x)" if f else "-"
+        red = f"{r['forward_reduction_vs_ntp']:.2f}x"
+        lines.append(f"| {r['system']} + grammar | {r['accuracy']:.1f} | {red} | {other} |")
+    return lines + [""]
+
+
 def sweep_lines(res: dict) -> list[str]:
     """The gamma sweeps as a table: accuracy (forward reduction) per task, entropy order and left to right."""
     lines: list[str] = []
@@ -626,6 +678,7 @@ def report(res: dict) -> None:
         lines += ["", "Accuracy in %; in brackets, forwards of NTP decoding of the same model / SBD's forwards."]
         lines += ["SBD verified: `--verify` (docs/sbd-verified.md), every drafted token checked against the model's"]
         lines += ["own NTP choice in the forward that starts the next block; its output is NTP decoding's.", ""]
+    lines += extract_schema_lines(res)
     lines += sweep_lines(res)
     if "sweep" in res:
         plot(res)
@@ -668,7 +721,9 @@ def report(res: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sections", nargs="*", default=SECTIONS[:-1], choices=SECTIONS)
-    ap.add_argument("--limit", type=int, default=None, help="problems per task for the table (default: all 300)")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="problems per task for the table and extract-schema (default: all 300)"
+    )
     ap.add_argument(
         "--table-models",
         nargs="+",
@@ -709,6 +764,8 @@ def main() -> None:
             section_ppl(res, a.ppl_windows, 512)
         elif s == "general":
             section_general(res)
+        elif s == "extract-schema":
+            section_extract_schema(res, a.limit)
         for key in KEYS.get(s, []):
             res[key]["weights"] = weights(key)
         OUT.write_text(json.dumps(res, indent=1))

@@ -40,15 +40,9 @@ struct Args {
 }
 
 /// The schema of the SmolLM2 mix's `extract` task (export/setblock_export/mix.py): a person or
-/// an order, fields in the order the task writes them.
-const EXTRACT_SCHEMA: &str = r#"{"anyOf": [
-  {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
-   "job": {"type": "string", "maxLength": 40}, "city": {"type": "string", "maxLength": 40}},
-   "required": ["name", "age", "job", "city"], "additionalProperties": false},
-  {"type": "object", "properties": {"order_id": {"type": "string", "pattern": "^[A-Z][0-9]{4}$"}, "product": {"type": "string", "maxLength": 40},
-   "quantity": {"type": "integer", "minimum": 1, "maximum": 999}, "unit_price": {"type": "number", "minimum": 0},
-   "city": {"type": "string", "maxLength": 40}},
-   "required": ["order_id", "product", "quantity", "unit_price", "city"], "additionalProperties": false}]}"#;
+/// an order, fields in the order the task writes them (also `bench/smollm2_results.py
+/// extract-schema`'s).
+const EXTRACT_SCHEMA: &str = include_str!("../bench/extract.schema.json");
 
 /// The `extract` rows of a mix file, their user text.
 fn extract_requests(path: &str) -> anyhow::Result<Vec<String>> {
