@@ -362,3 +362,47 @@ impl Grammar {
         self.matcher.is_stopped()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoadOptions, Model};
+
+    /// `look_ahead` (SBD + grammar's scoring of a block's slots) comes back to the state before
+    /// it: the tokens it committed are rolled back, the same tokens are allowed and can be
+    /// committed again, and the mask of that state is kept, not computed again.
+    #[test]
+    fn look_ahead_comes_back_to_the_state_and_the_mask_before_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+        let opts = LoadOptions {
+            threads: Some(1),
+            ..LoadOptions::default()
+        };
+        let model = Model::load(dir, &opts).unwrap();
+        let engine = model.grammar_engine().unwrap();
+        let mut g = Grammar::new(&engine, &Constraint::Regex("[0-9]{3} eggs".into())).unwrap();
+        let before = g.mask().unwrap().clone();
+        let masks = g.masks;
+        // three tokens along the grammar, each the first one its mask allows
+        let path = g
+            .look_ahead(|g| {
+                let mut path = Vec::new();
+                for _ in 0..3 {
+                    let t = g.mask()?.first_bit_set().unwrap() as u32;
+                    assert!(g.try_accept(t)?);
+                    path.push(t);
+                }
+                Ok(path)
+            })
+            .unwrap();
+        assert_eq!(path.len(), 3);
+        assert_eq!(g.committed, 0);
+        assert!(*g.mask().unwrap() == before, "the mask before it");
+        // computed: the masks after its first and second tokens; the one before it was kept
+        assert_eq!(g.masks, masks + 2);
+        for t in path {
+            g.accept(t).unwrap();
+        }
+        assert_eq!(g.committed, 3);
+    }
+}
