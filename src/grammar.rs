@@ -366,19 +366,13 @@ impl Grammar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{LoadOptions, Model};
 
     /// `look_ahead` (SBD + grammar's scoring of a block's slots) comes back to the state before
     /// it: the tokens it committed are rolled back, the same tokens are allowed and can be
     /// committed again, and the mask of that state is kept, not computed again.
     #[test]
     fn look_ahead_comes_back_to_the_state_and_the_mask_before_it() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
-        let opts = LoadOptions {
-            threads: Some(1),
-            ..LoadOptions::default()
-        };
-        let model = Model::load(dir, &opts).unwrap();
+        let model = crate::model::demo_for_tests();
         let engine = model.grammar_engine().unwrap();
         let mut g = Grammar::new(&engine, &Constraint::Regex("[0-9]{3} eggs".into())).unwrap();
         let before = g.mask().unwrap().clone();

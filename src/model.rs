@@ -844,3 +844,14 @@ fn check_graph(
     }
     Ok(())
 }
+
+/// The bundled demo model (`models/demo`) on one thread, for the crate's unit tests.
+#[cfg(test)]
+pub(crate) fn demo_for_tests() -> Model {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    Model::load(dir, &opts).expect("models/demo")
+}

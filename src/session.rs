@@ -492,18 +492,12 @@ mod tests {
 #[cfg(test)]
 mod prefill_tests {
     use super::*;
-    use crate::model::LoadOptions;
 
     /// A prompt longer than `PREFILL_CHUNK` is prefilled in chunks: the cache equals one
     /// whole-prompt forward and so does the first token.
     #[test]
     fn chunked_prefill_equals_one_forward() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
-        let opts = LoadOptions {
-            threads: Some(1),
-            ..LoadOptions::default()
-        };
-        let model = Arc::new(Model::load(dir, &opts).unwrap());
+        let model = Arc::new(crate::model::demo_for_tests());
         let n = crate::decode::PREFILL_CHUNK + 90;
         let prompt: Vec<u32> = (0..n).map(|i| 3 + (i * 7 % 400) as u32).collect();
         let mut s = Session::new(model.clone()).unwrap();
