@@ -50,7 +50,7 @@ pub(crate) struct Decoder<'a> {
     /// Scratch: a logits row with the grammar's disallowed tokens at -inf.
     pub masked: Vec<f32>,
     /// Scratch: under a constraint, the value each masked slot of the block would be revealed
-    /// with (`score_guided`; the mask token where none).
+    /// with (`score_guided`, reset by it each forward; the mask token where none).
     pub drafts: Vec<u32>,
 }
 
@@ -353,8 +353,6 @@ impl Decoder<'_> {
                 confidence: 0.0,
             });
         }
-        self.drafts.clear();
-        self.drafts.resize(end, mask_id);
         let guided = match dists {
             None => self.score_guided(block, revealed, valid, end)?,
             Some(_) => 0,
@@ -369,7 +367,7 @@ impl Decoder<'_> {
                     self.sampler
                         .choose_recorded(logits, mask_id, self.context, &mut d[slot])
                 }
-                None if self.drafts[slot] != mask_id => self.drafts[slot],
+                None if guided > 0 && self.drafts[slot] != mask_id => self.drafts[slot],
                 None => self.sampler.choose(logits, mask_id, self.context),
             };
             revealed[slot] = true;
@@ -408,6 +406,8 @@ impl Decoder<'_> {
             return Ok(0);
         };
         let (mask_id, vocab) = (model.manifest.mask_token_id, model.manifest.vocab_size);
+        drafts.clear();
+        drafts.resize(end, mask_id);
         g.look_ahead(|g| {
             let mut i = 0;
             for s in valid..end {
