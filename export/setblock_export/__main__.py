@@ -57,6 +57,7 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
         weight_decay=a.weight_decay,
         k_min=a.k_min,
         k_max=a.k_max,
+        ntp_weight=a.ntp_weight,
         seed=a.seed,
         checkpoint_every=a.checkpoint_every,
         seq_len=a.seq_len,
@@ -184,6 +185,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-decay", type=float, default=0.1)
     s.add_argument("--k-min", type=int, default=2)
     s.add_argument("--k-max", type=int, default=16)
+    s.add_argument(
+        "--ntp-weight",
+        type=float,
+        default=1.0,
+        help="SBD: weight of the clean tokens' NTP loss against the masked slots' (default 1, the paper's loss)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on every linear layer (0: full fine-tuning)")
     s.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA alpha (0: twice the rank)")

@@ -9,7 +9,8 @@ a resumed run repeats an uninterrupted one bit for bit, and a run on 2 ranks giv
 losses of the same run on 1 rank (up to float summation order).
 
 The loss of a micro-step is (NTP sum + MATP sum) over the whole global micro-batch, divided by its
-number of NTP targets (known on every rank without communication: every rank drew every row).
+number of NTP targets (``--ntp-weight`` w scales the NTP sum: (w * NTP sum + MATP sum); 1, the
+paper's loss, by default) (known on every rank without communication: every rank drew every row).
 Each rank back-propagates its partial sum scaled by the world size, since DDP and FSDP average
 gradients over ranks.
 """
@@ -60,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     k_min: int = 2
     k_max: int = 16
+    ntp_weight: float = 1.0  # SBD: the weight of the clean tokens' NTP loss against the masked slots' (1 = the paper's)
     seed: int = 0
     checkpoint_every: int = 200
     seq_len: int = 0  # packed rows of this many tokens; 0 = one document a row, padded
@@ -85,6 +87,12 @@ class TrainConfig:
             raise TrainError(f"--batch-size {self.batch_size} is not a multiple of --grad-accum {self.grad_accum}")
         if self.seq_len < 0 or self.lora_rank < 0 or self.lora_alpha < 0:
             raise TrainError("--seq-len, --lora-rank and --lora-alpha cannot be negative")
+        if not (self.ntp_weight > 0 and math.isfinite(self.ntp_weight)):
+            raise TrainError(f"--ntp-weight {self.ntp_weight}: must be a finite number above 0 (1 = the paper's loss)")
+        if self.objective == "ntp" and self.ntp_weight != 1.0:
+            raise TrainError(
+                f"--ntp-weight {self.ntp_weight}: weighs NTP against masked slots, which --objective ntp has none of"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0:
             raise TrainError(f"--lr {self.lr} / --warmup {self.warmup}: need lr > 0 and warmup >= 0")
         for name, allowed in (
@@ -166,8 +174,16 @@ class SBDLoss(nn.Module):
         for layer in lm.model.layers:
             layer.forward = partial(arch.decoder_layer, layer, sdpa=True)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor, mask) -> torch.Tensor:  # noqa: ANN001
-        """Sum of the token losses (NTP targets and masked slots)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor,
+        mask,  # noqa: ANN001
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sum of the token losses (NTP targets and masked slots), each times its ``weights`` entry
+        when given (a tensor shaped as ``labels``)."""
         inner = self.lm.model
         h = inner.embed_tokens(input_ids)
         cos, sin = arch.rotary(self.lm, h, position_ids)
@@ -178,7 +194,18 @@ class SBDLoss(nn.Module):
                 h, _ = layer(h, cos, sin, mask)
         sel = labels != IGNORE
         logits = self.lm.lm_head(inner.norm(h[sel])).float()
-        return F.cross_entropy(logits, labels[sel], reduction="sum")
+        if weights is None:
+            return F.cross_entropy(logits, labels[sel], reduction="sum")
+        return (F.cross_entropy(logits, labels[sel], reduction="none") * weights[sel]).sum()
+
+
+def loss_weights(batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """The per-token loss weights of ``--ntp-weight`` (w on the clean tokens' NTP targets, 1 on
+    the noisy copies' masked slots), as extra arguments of the loss; none at w = 1 (the plain sum)."""
+    if cfg.ntp_weight == 1.0:
+        return ()
+    w = torch.full(batch.labels.shape, cfg.ntp_weight, dtype=torch.float32, device=batch.labels.device)
+    return (w.masked_fill(batch.noisy, 1.0),)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -499,7 +526,8 @@ def _run(  # noqa: PLR0913, PLR0915 - the loop, in one place
             batch = layout(mine, length, mask_id if mask_id is not None else 0, pad_id).to(where.device)
             last = micro == cfg.grad_accum - 1
             with _sync(runner, module, cfg, last), torch.autocast(where.device.type, torch.bfloat16, enabled=bf16):
-                total = runner(batch.input_ids, batch.position_ids, batch.labels, _mask(batch, flex))
+                weights = loss_weights(batch, cfg)
+                total = runner(batch.input_ids, batch.position_ids, batch.labels, _mask(batch, flex), *weights)
                 loss = total * (where.world / max(count, 1) / cfg.grad_accum)
                 loss.backward()
             local_loss += float(total.detach()) / max(count, 1) / cfg.grad_accum

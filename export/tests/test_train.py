@@ -16,11 +16,11 @@ from conftest import make_checkpoint
 from safetensors.torch import load_file
 
 from setblock_export import hf
-from setblock_export.batches import Plan, layout
+from setblock_export.batches import IGNORE, Plan, layout
 from setblock_export.data import Corpus, Tokenized
 from setblock_export.onnx_export import export_folder
 from setblock_export.tasks import make_task_data
-from setblock_export.train import SBDLoss, TrainConfig, TrainError, finetune, step_generator
+from setblock_export.train import SBDLoss, TrainConfig, TrainError, finetune, loss_weights, step_generator
 from setblock_export.verify import run_checks
 
 
@@ -120,6 +120,26 @@ def test_sdpa_and_flex_attention_give_the_same_loss(tmp_path: Path, tokenizer_ob
     assert abs(alone - float(dense)) < 1e-3 * abs(alone)
 
 
+def test_the_ntp_weight_scales_the_clean_tokens_loss_only(tmp_path: Path, tokenizer_obj, data: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.05, max_position_embeddings=256)
+    tok = hf.load_tokenizer(ckpt)
+    docs = Tokenized(Corpus(data), tok, tok.eos_token_id, 256)
+    plan = Plan(docs, objective="sbd", k_min=2, k_max=8, rows=3, seq_len=320, seed=1)
+    rows, length = plan.micro(step_generator(1, 0, 0))
+    batch = layout(rows, length, tok.mask_token_id, tok.pad_token_id)
+    module = SBDLoss(hf.load_model(ckpt))
+    assert loss_weights(batch, TrainConfig()) == ()  # the paper's loss: the plain sum
+    (w,) = loss_weights(batch, TrainConfig(ntp_weight=3.0))
+    with torch.no_grad():
+        args = (batch.input_ids, batch.position_ids)
+        mask = batch.dense_mask()
+        ntp = float(module(*args, batch.labels.masked_fill(batch.noisy, IGNORE), mask))
+        slots = float(module(*args, batch.labels.masked_fill(~batch.noisy, IGNORE), mask))
+        weighted = float(module(*args, batch.labels, mask, w))
+    assert ntp > 0 and slots > 0  # the batch has both kinds of target
+    assert abs(weighted - (3.0 * ntp + slots)) < 1e-4 * weighted
+
+
 @pytest.mark.parametrize(("arch", "mask"), [("llama", False), ("qwen2", True)])
 def test_lora_trains_a_small_adapter_that_exports_merged_and_verifies(
     tmp_path: Path, tokenizer_obj, data: Path, arch: str, mask: bool
@@ -182,6 +202,8 @@ def test_existing_output_without_resume_is_refused(tmp_path: Path, tokenizer_obj
         (TrainConfig(device="tpu"), "--device tpu"),
         (TrainConfig(lora_rank=-1), "--lora-rank"),
         (TrainConfig(device="cpu", attention="flex"), "no backward pass on CPU"),
+        (TrainConfig(ntp_weight=0.0), "--ntp-weight 0.0: must be a finite number above 0"),
+        (TrainConfig(objective="ntp", ntp_weight=2.0), "--objective ntp has none"),
     ],
 )
 def test_options_out_of_range_name_the_option(tmp_path: Path, tokenizer_obj, data: Path, cfg, message: str) -> None:  # noqa: ANN001
