@@ -98,15 +98,21 @@ def test_a_document_longer_than_the_packed_row_names_the_option(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_sdpa_and_flex_attention_give_the_same_loss(tmp_path: Path, tokenizer_obj, data: Path, arch: str) -> None:
+def packed_sbd_batch(tmp_path: Path, tokenizer_obj, data: Path, arch: str):  # noqa: ANN001, ANN201
+    """A packed SBD micro-batch (3 rows of 320 tokens) of a small ``arch`` checkpoint, with the
+    tokenizer, its rows of segments and the training loss module."""
     ckpt = make_checkpoint(tmp_path / "ckpt", arch, tokenizer_obj, std=0.05, max_position_embeddings=256)
     tok = hf.load_tokenizer(ckpt)
     docs = Tokenized(Corpus(data), tok, tok.eos_token_id, 256)
     plan = Plan(docs, objective="sbd", k_min=2, k_max=8, rows=3, seq_len=320, seed=1)
     rows, length = plan.micro(step_generator(1, 0, 0))
     batch = layout(rows, length, tok.mask_token_id, tok.pad_token_id)
-    module = SBDLoss(hf.load_model(ckpt))
+    return tok, rows, batch, SBDLoss(hf.load_model(ckpt))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_sdpa_and_flex_attention_give_the_same_loss(tmp_path: Path, tokenizer_obj, data: Path, arch: str) -> None:
+    tok, rows, batch, module = packed_sbd_batch(tmp_path, tokenizer_obj, data, arch)
     with torch.no_grad():  # FlexAttention has no backward pass on CPU (CUDA only)
         dense = module(batch.input_ids, batch.position_ids, batch.labels, batch.dense_mask())
         flex = module(batch.input_ids, batch.position_ids, batch.labels, batch.block_mask())
@@ -121,13 +127,7 @@ def test_sdpa_and_flex_attention_give_the_same_loss(tmp_path: Path, tokenizer_ob
 
 
 def test_the_ntp_weight_scales_the_clean_tokens_loss_only(tmp_path: Path, tokenizer_obj, data: Path) -> None:
-    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.05, max_position_embeddings=256)
-    tok = hf.load_tokenizer(ckpt)
-    docs = Tokenized(Corpus(data), tok, tok.eos_token_id, 256)
-    plan = Plan(docs, objective="sbd", k_min=2, k_max=8, rows=3, seq_len=320, seed=1)
-    rows, length = plan.micro(step_generator(1, 0, 0))
-    batch = layout(rows, length, tok.mask_token_id, tok.pad_token_id)
-    module = SBDLoss(hf.load_model(ckpt))
+    _, _, batch, module = packed_sbd_batch(tmp_path, tokenizer_obj, data, "llama")
     assert loss_weights(batch, TrainConfig()) == ()  # the paper's loss: the plain sum
     (w,) = loss_weights(batch, TrainConfig(ntp_weight=3.0))
     with torch.no_grad():
