@@ -30,6 +30,8 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
 - ``ppl``: perplexity of the base model, the NTP twin and the SBD model on held-out general text:
   Ambrose Bierce's *The Devil's Dictionary* (1911, public domain), from Debian's ``dict-devil``
   package (fetched with ``apt-get download``), never in the training mix.
+- ``ppl-candidates``: the same perplexity for the adapter folders named by ``--adapters`` (a later
+  stage or another recipe, not the shipped ones), kept in the results file, not in the report.
 - ``extract-schema``: the extract task's held-out problems (``--limit``) decoded under the task's JSON
   schema (bench/extract.schema.json, also examples/structured.rs's): NTP + grammar and SBD + grammar
   at the manifest's gammas, plain and verified, beside Table 1's unconstrained extract rows
@@ -76,6 +78,7 @@ SECTIONS = [
     "reference",
     "speed",
     "ppl",
+    "ppl-candidates",
     "general",
     "extract-schema",
     "report",
@@ -450,7 +453,9 @@ def devil_text() -> str:
     return text[text.index("PREFACE") :]  # after the dictd header and the edition notice
 
 
-def section_ppl(res: dict, windows: int, length: int) -> None:
+def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, chunks tensor)
+    """The exporter's hf module (the base model found through SETBLOCK_LORA_BASE) and the
+    held-out text as ``windows`` rows of ``length`` tokens of the SBD adapter's tokenizer."""
     import torch
 
     sys.path.insert(0, str(ROOT / "export"))
@@ -463,24 +468,61 @@ def section_ppl(res: dict, windows: int, length: int) -> None:
     tok = hf.load_tokenizer(adapter_dir("sbd"))
     ids = tok(devil_text(), add_special_tokens=False)["input_ids"]
     n = min(windows, len(ids) // length)
-    chunks = torch.tensor(ids[: n * length]).view(n, length)
-    out: dict = {"corpus": "The Devil's Dictionary (Debian dict-devil)", "windows": n, "tokens_per_window": length}
+    return hf, torch.tensor(ids[: n * length]).view(n, length)
+
+
+def perplexity(model, chunks) -> float:  # noqa: ANN001 - a causal LM, a [windows, length] tensor
+    """exp(mean next-token NLL) of ``model`` over the rows of ``chunks``."""
+    import torch
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for row in chunks:
+            logits = model(input_ids=row[None]).logits[0, :-1].float()
+            nll += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
+            count += len(row) - 1
+    return math.exp(nll / count)
+
+
+def section_ppl(res: dict, windows: int, length: int) -> None:
+    hf, chunks = _held_out(windows, length)
+    gguf = Path(os.environ["SETBLOCK_LORA_BASE"])
+    out: dict = {
+        "corpus": "The Devil's Dictionary (Debian dict-devil)",
+        "windows": len(chunks),
+        "tokens_per_window": length,
+    }
     for name, load in (
         ("base", lambda: hf.load_base(gguf)),
         ("ntp_twin", lambda: hf.load_model(adapter_dir("ntp"))),
         ("sbd", lambda: hf.load_model(adapter_dir("sbd"))),
     ):
         model = load()
-        nll, count = 0.0, 0
-        with torch.no_grad():
-            for row in chunks:
-                logits = model(input_ids=row[None]).logits[0, :-1].float()
-                nll += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
-                count += length - 1
-        out[name] = math.exp(nll / count)
+        out[name] = perplexity(model, chunks)
         print(f"perplexity {name}: {out[name]:.3f}")
         del model
     res["ppl"] = out
+
+
+def section_ppl_candidates(res: dict, adapters: list[Path], windows: int, length: int) -> None:
+    """``ppl`` for adapters that are not the shipped ones (a later stage, another recipe), kept under
+    ``ppl_candidates`` by path with their weights' sha256 prefix; the report does not show them."""
+    if not adapters:
+        raise SystemExit("ppl-candidates: name the adapter folders with --adapters DIR [DIR ...]")
+    hf, chunks = _held_out(windows, length)
+    out = res.setdefault("ppl_candidates", {})
+    for adapter in adapters:
+        if not (adapter / "adapter_model.safetensors").exists():
+            raise SystemExit(f"--adapters {adapter}: no adapter_model.safetensors there")
+        ppl = perplexity(hf.load_model(adapter), chunks)
+        sha = hf.sha256(adapter / "adapter_model.safetensors")[:12]
+        out[str(adapter)] = {
+            "perplexity": ppl,
+            "adapter_sha256": sha,
+            "windows": len(chunks),
+            "tokens_per_window": length,
+        }
+        print(f"perplexity {adapter} ({sha}): {ppl:.3f}")
 
 
 def section_general(res: dict) -> None:
@@ -720,7 +762,9 @@ def report(res: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sections", nargs="*", default=SECTIONS[:-1], choices=SECTIONS)
+    # the default: every result of the shipped adapters
+    every = [s for s in SECTIONS if s not in ("ppl-candidates", "report")]
+    ap.add_argument("sections", nargs="*", default=every, choices=SECTIONS)
     ap.add_argument(
         "--limit", type=int, default=None, help="problems per task for the table and extract-schema (default: all 300)"
     )
@@ -740,6 +784,7 @@ def main() -> None:
     ap.add_argument("--speed-folders", nargs="+", choices=["int8", "int4", "fp32"], help="speed: only these folders")
     ap.add_argument("--rounds", type=int, default=3, help="onnxruntime-genai head-to-head rounds")
     ap.add_argument("--ppl-windows", type=int, default=48)
+    ap.add_argument("--adapters", nargs="+", type=Path, default=[], help="ppl-candidates: the adapter folders")
     ap.add_argument("--folder", choices=["fp32", "int8"], default="fp32", help="the folders decoded for accuracy")
     a = ap.parse_args()
     global FOLDER  # noqa: PLW0603 - one setting for every section
@@ -762,6 +807,8 @@ def main() -> None:
             section_speed(res, a.speed_per_task, a.repeat, a.rounds, a.speed_folders)
         elif s == "ppl":
             section_ppl(res, a.ppl_windows, 512)
+        elif s == "ppl-candidates":
+            section_ppl_candidates(res, a.adapters, a.ppl_windows, 512)
         elif s == "general":
             section_general(res)
         elif s == "extract-schema":
