@@ -453,9 +453,10 @@ def devil_text() -> str:
     return text[text.index("PREFACE") :]  # after the dictd header and the edition notice
 
 
-def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, chunks tensor)
-    """The exporter's hf module (the base model found through SETBLOCK_LORA_BASE) and the
-    held-out text as ``windows`` rows of ``length`` tokens of the SBD adapter's tokenizer."""
+def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, base gguf path, chunks tensor)
+    """The exporter's hf module (adapters find their base through SETBLOCK_LORA_BASE, set here), the
+    base's gguf and the held-out text as ``windows`` rows of ``length`` tokens of the SBD adapter's
+    tokenizer."""
     import torch
 
     sys.path.insert(0, str(ROOT / "export"))
@@ -468,7 +469,7 @@ def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, chunks t
     tok = hf.load_tokenizer(adapter_dir("sbd"))
     ids = tok(devil_text(), add_special_tokens=False)["input_ids"]
     n = min(windows, len(ids) // length)
-    return hf, torch.tensor(ids[: n * length]).view(n, length)
+    return hf, gguf, torch.tensor(ids[: n * length]).view(n, length)
 
 
 def perplexity(model, chunks) -> float:  # noqa: ANN001 - a causal LM, a [windows, length] tensor
@@ -485,8 +486,7 @@ def perplexity(model, chunks) -> float:  # noqa: ANN001 - a causal LM, a [window
 
 
 def section_ppl(res: dict, windows: int, length: int) -> None:
-    hf, chunks = _held_out(windows, length)
-    gguf = Path(os.environ["SETBLOCK_LORA_BASE"])
+    hf, gguf, chunks = _held_out(windows, length)
     out: dict = {
         "corpus": "The Devil's Dictionary (Debian dict-devil)",
         "windows": len(chunks),
@@ -509,7 +509,7 @@ def section_ppl_candidates(res: dict, adapters: list[Path], windows: int, length
     ``ppl_candidates`` by path with their weights' sha256 prefix; the report does not show them."""
     if not adapters:
         raise SystemExit("ppl-candidates: name the adapter folders with --adapters DIR [DIR ...]")
-    hf, chunks = _held_out(windows, length)
+    hf, _, chunks = _held_out(windows, length)
     out = res.setdefault("ppl_candidates", {})
     for adapter in adapters:
         if not (adapter / "adapter_model.safetensors").exists():
