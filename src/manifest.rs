@@ -199,6 +199,9 @@ impl std::fmt::Display for QuantizationOptions {
 pub const KV_SEQUENCE_MAJOR: &str = "sequence-major";
 /// `kv_layout` of graphs whose past/presents are `[batch, seq, kv_heads * head_dim]`.
 pub const KV_SEQUENCE_MAJOR_PACKED: &str = "sequence-major-packed";
+/// `kv_layout` of graphs (`export --fused-attention`) whose past and present are one
+/// `[batch, kv_heads, capacity, head_dim]` buffer per layer, written in place by the graph.
+pub const KV_HEAD_MAJOR_SHARED: &str = "head-major-shared";
 
 fn none() -> String {
     "none".into()
@@ -208,6 +211,12 @@ impl Manifest {
     /// True when the graph's past/presents are rank 3, `[batch, seq, kv_heads * head_dim]`.
     pub fn kv_packed(&self) -> bool {
         self.kv_layout == KV_SEQUENCE_MAJOR_PACKED
+    }
+
+    /// True when the graph reads its past from, and writes its K/V into, the cache's own
+    /// head-major buffers (`head-major-shared`).
+    pub fn kv_in_place(&self) -> bool {
+        self.kv_layout == KV_HEAD_MAJOR_SHARED
     }
 
     /// Read and validate `dir/setblock.json`.
@@ -371,10 +380,10 @@ impl Manifest {
         }
         if !matches!(
             self.kv_layout.as_str(),
-            KV_SEQUENCE_MAJOR | KV_SEQUENCE_MAJOR_PACKED
+            KV_SEQUENCE_MAJOR | KV_SEQUENCE_MAJOR_PACKED | KV_HEAD_MAJOR_SHARED
         ) {
             return Err(bad(format!(
-                "kv_layout {:?} is not supported; this runtime reads \"{KV_SEQUENCE_MAJOR}\" ([batch, past, kv_heads, head_dim]) or \"{KV_SEQUENCE_MAJOR_PACKED}\" ([batch, past, kv_heads * head_dim])",
+                "kv_layout {:?} is not supported; this runtime reads \"{KV_SEQUENCE_MAJOR}\" ([batch, past, kv_heads, head_dim]), \"{KV_SEQUENCE_MAJOR_PACKED}\" ([batch, past, kv_heads * head_dim]) or \"{KV_HEAD_MAJOR_SHARED}\" ([batch, kv_heads, capacity, head_dim], written in place)",
                 self.kv_layout
             )));
         }

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ort::session::{RunOptions, Session, SessionInputValue};
-use ort::value::TensorRef;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
+use ort::value::{Shape, TensorRef, TensorRefMut};
+use ort::AsPointer;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -14,7 +16,7 @@ use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::files::{self, IfMissing};
 use crate::grammar;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvLayout};
 use crate::manifest::{IoNames, Manifest, QuantizationOptions};
 use crate::mask;
 use crate::ort_env::{self, ExecutionProvider, ProfileShapes};
@@ -191,6 +193,20 @@ pub struct Model {
     learned_curve: Mutex<Option<CostCurve>>,
     cost_learning: AtomicBool,
     grammar_engine: Mutex<Option<Arc<grammar::Engine>>>,
+    /// A `head-major-shared` graph's binding of the last cache it ran on (see `forward_in_place`).
+    in_place: Mutex<Option<InPlaceBinding>>,
+    /// Where the in-place binding's tensors and logits live.
+    cpu_memory: MemoryInfo<'static>,
+}
+
+/// The binding of one cache's buffers as a `head-major-shared` graph's past and present: kept
+/// between forwards (only the token inputs are bound anew), and rebuilt when a forward comes with
+/// a cache at other addresses (another session's, or a new one).
+struct InPlaceBinding {
+    binding: IoBinding,
+    /// The cache buffers' addresses (each layer's keys then values) and its capacity.
+    buffers: Vec<usize>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -530,6 +546,13 @@ impl Model {
             ort_library: lib.clone(),
             cost_curve: OnceLock::new(),
             learned_curve: Mutex::new(None),
+            in_place: Mutex::new(None),
+            cpu_memory: MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?,
             cost_learning: AtomicBool::new(true),
             grammar_engine: Mutex::new(None),
             manifest: m,
@@ -544,13 +567,17 @@ impl Model {
     fn check_last_position(&self, graph: &Path) -> Result<()> {
         let m = &self.manifest;
         let last = self.max_context - 1;
-        let mut cache =
-            KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, 1).ok_or_else(|| {
-                Error::Graph {
-                    path: graph.to_path_buf(),
-                    message: "one position of KV cache cannot be allocated".into(),
-                }
-            })?;
+        let mut cache = KvCache::with_layout(
+            m.num_layers,
+            m.num_kv_heads,
+            m.head_dim,
+            1,
+            self.kv_layout(),
+        )
+        .ok_or_else(|| Error::Graph {
+            path: graph.to_path_buf(),
+            message: "one position of KV cache cannot be allocated".into(),
+        })?;
         let mut buf = StepBuffers::default();
         buf.keep_last(1);
         let token = m.eos_token_ids[0];
@@ -597,16 +624,30 @@ impl Model {
     /// cannot be had.
     pub fn new_cache(&self) -> Result<KvCache> {
         let m = &self.manifest;
-        KvCache::new(m.num_layers, m.num_kv_heads, m.head_dim, self.max_context).ok_or_else(|| {
-            Error::InvalidOption {
-                option: "max_context",
-                value: self.max_context.to_string(),
-                constraint: format!(
-                    "the KV cache ({} MiB) cannot be allocated; lower max_context",
-                    m.kv_bytes_per_token().saturating_mul(self.max_context) >> 20
-                ),
-            }
+        KvCache::with_layout(
+            m.num_layers,
+            m.num_kv_heads,
+            m.head_dim,
+            self.max_context,
+            self.kv_layout(),
+        )
+        .ok_or_else(|| Error::InvalidOption {
+            option: "max_context",
+            value: self.max_context.to_string(),
+            constraint: format!(
+                "the KV cache ({} MiB) cannot be allocated; lower max_context",
+                m.kv_bytes_per_token().saturating_mul(self.max_context) >> 20
+            ),
         })
+    }
+
+    /// The cache layout the graph reads (its manifest's `kv_layout`).
+    fn kv_layout(&self) -> KvLayout {
+        if self.manifest.kv_in_place() {
+            KvLayout::HeadMajor
+        } else {
+            KvLayout::SequenceMajor
+        }
     }
 
     /// Facts about the model and its memory budget.
@@ -682,6 +723,9 @@ impl Model {
         buf.pos.clear();
         buf.pos.extend((first_pos..first_pos + n).map(|p| p as i64));
         mask::fill(&mut buf.mask, past, causal, n - causal);
+        if m.kv_in_place() {
+            return self.forward_in_place(cache, causal, buf, run);
+        }
         let (kvh, hd) = (m.num_kv_heads, m.head_dim);
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(4 + 2 * m.num_layers);
@@ -721,6 +765,20 @@ impl Model {
         buf.run_seconds += t0.elapsed().as_secs_f64();
         let outputs = outputs?;
         let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
+        self.keep_logits(logits, n, buf)?;
+        if causal > 0 {
+            for (l, (k, v)) in self.present_names.iter().enumerate() {
+                let (_, keys) = outputs[k.as_str()].try_extract_tensor::<f32>()?;
+                let (_, values) = outputs[v.as_str()].try_extract_tensor::<f32>()?;
+                cache.write(l, keys, values, causal);
+            }
+            cache.advance(causal);
+        }
+        Ok(())
+    }
+    /// Copy the rows the caller reads (`buf.rows`) of a forward's logits into `buf.logits`.
+    fn keep_logits(&self, logits: &[f32], n: usize, buf: &mut StepBuffers) -> Result<()> {
+        let m = &self.manifest;
         let vocab = m.vocab_size;
         let rows = if m.io.logits_index.is_some() {
             buf.rows.len()
@@ -746,14 +804,92 @@ impl Model {
                     .extend_from_slice(&logits[r * vocab..(r + 1) * vocab]);
             }
         }
-        if causal > 0 {
-            for (l, (k, v)) in self.present_names.iter().enumerate() {
-                let (_, keys) = outputs[k.as_str()].try_extract_tensor::<f32>()?;
-                let (_, values) = outputs[v.as_str()].try_extract_tensor::<f32>()?;
-                cache.write(l, keys, values, causal);
+        Ok(())
+    }
+
+    /// `forward` on a `head-major-shared` graph (`export --fused-attention`): each layer's whole
+    /// cache buffer is bound as both its past and its present, so the graph's
+    /// `GroupQueryAttention` reads the committed positions and writes this forward's K/V at
+    /// `cache.len()..` in place; committing the clean tokens is then only counting them.
+    fn forward_in_place(
+        &self,
+        cache: &mut KvCache,
+        causal: usize,
+        buf: &mut StepBuffers,
+        run: &RunOptions,
+    ) -> Result<()> {
+        let m = &self.manifest;
+        let (past, n) = (cache.len(), buf.ids.len());
+        let shape = [
+            1,
+            m.num_kv_heads as i64,
+            cache.capacity() as i64,
+            m.head_dim as i64,
+        ];
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.in_place.lock().unwrap_or_else(|e| e.into_inner());
+        let buffers: Vec<usize> = cache.buffer_addresses().collect();
+        let bound =
+            matches!(&*slot, Some(b) if b.buffers == buffers && b.capacity == cache.capacity());
+        if !bound {
+            *slot = None;
+            let cpu = &self.cpu_memory;
+            let mut binding = session.create_binding()?;
+            for (l, ((pk, pv), (ok, ov))) in
+                self.past_names.iter().zip(&self.present_names).enumerate()
+            {
+                let (keys, values) = cache.buffers_mut(l);
+                for (data, past_name, present_name) in [(keys, pk, ok), (values, pv, ov)] {
+                    // SAFETY: `data` is this layer's whole buffer, exactly `shape` (1 x kv_heads
+                    // x capacity x head_dim floats) of CPU memory. ONNX Runtime touches it only
+                    // inside a run of this binding, and a run happens only below, when the
+                    // cache passed in (borrowed mutably for the whole call) has buffers at
+                    // exactly these addresses and this capacity: then it is this memory.
+                    let tensor = unsafe {
+                        TensorRefMut::<f32>::from_raw(
+                            cpu.clone(),
+                            data.as_mut_ptr().cast(),
+                            Shape::new(shape),
+                        )?
+                    };
+                    bind_view(&mut binding, past_name, tensor.ptr())?;
+                    // the binding holds the tensor (the past's binding above refers to it too)
+                    binding.bind_output(present_name.as_str(), tensor)?;
+                }
             }
-            cache.advance(causal);
+            *slot = Some(InPlaceBinding {
+                binding,
+                buffers,
+                capacity: cache.capacity(),
+            });
         }
+        let binding = &mut slot
+            .as_mut()
+            .ok_or_else(|| Error::Ort("the KV cache binding was not made".into()))?
+            .binding;
+        // bound anew each forward: a bound output keeps the last run's value, whose shape the
+        // next forward's row count need not have
+        binding.bind_output_to_device(m.io.logits.as_str(), &self.cpu_memory)?;
+        // The token inputs, bound anew each forward as views (no copy): they replace the last
+        // forward's, and live until the run below has returned.
+        let ids = TensorRef::from_array_view(([1, n], &buf.ids[..]))?;
+        let pos = TensorRef::from_array_view(([1, n], &buf.pos[..]))?;
+        let mask = TensorRef::from_array_view(([1, 1, n, past + n], &buf.mask[..]))?;
+        let rows = TensorRef::from_array_view(([buf.rows.len()], &buf.rows[..]))?;
+        bind_view(binding, &m.io.input_ids, ids.ptr())?;
+        bind_view(binding, &m.io.position_ids, pos.ptr())?;
+        bind_view(binding, &m.io.attention_mask, mask.ptr())?;
+        if let Some(name) = &m.io.logits_index {
+            bind_view(binding, name, rows.ptr())?;
+        }
+        let t0 = std::time::Instant::now();
+        let outputs = session.run_binding_with_options(binding, run);
+        buf.run_seconds += t0.elapsed().as_secs_f64();
+        let outputs = outputs?;
+        let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
+        self.keep_logits(logits, n, buf)?;
+        drop(outputs);
+        cache.advance(causal);
         Ok(())
     }
 }
@@ -813,20 +949,27 @@ fn check_graph(
                 .chain(present)
                 .any(|(k, v)| k == name || v == name);
             if is_kv {
-                let want: Vec<i64> = if m.kv_packed() {
-                    vec![(m.num_kv_heads * m.head_dim) as i64]
+                let (kvh, hd) = (m.num_kv_heads as i64, m.head_dim as i64);
+                // -1: any size (the batch, the sequence or the cache's capacity)
+                let (want, form): (Vec<i64>, &str) = if m.kv_in_place() {
+                    (
+                        vec![-1, kvh, -1, hd],
+                        "[batch, kv_heads, capacity, head_dim]",
+                    )
+                } else if m.kv_packed() {
+                    (vec![-1, -1, kvh * hd], "[batch, seq, kv_heads * head_dim]")
                 } else {
-                    vec![m.num_kv_heads as i64, m.head_dim as i64]
+                    (vec![-1, -1, kvh, hd], "[batch, seq, kv_heads, head_dim]")
                 };
-                let fits = dims.len() == 2 + want.len()
-                    && dims[2..].iter().zip(&want).all(|(&d, &w)| d < 0 || d == w);
+                let fits = dims.len() == want.len()
+                    && dims
+                        .iter()
+                        .zip(&want)
+                        .all(|(&d, &w)| d < 0 || w < 0 || d == w);
                 if !fits {
                     return Err(bad(format!(
-                        "{name} has shape {dims:?} but the manifest's kv_layout {:?} with {} kv heads x {} head dim wants [batch, seq, {}]",
-                        m.kv_layout,
-                        m.num_kv_heads,
-                        m.head_dim,
-                        want.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                        "{name} has shape {dims:?} but the manifest's kv_layout {:?} with {} kv heads x {} head dim wants {form}",
+                        m.kv_layout, m.num_kv_heads, m.head_dim
                     )));
                 }
             }
@@ -843,6 +986,32 @@ fn check_graph(
         }
     }
     Ok(())
+}
+
+/// Bind `value` as the input `name` as it is, sharing its memory. ort's `IoBinding::bind_input`
+/// copies a tensor that views borrowed memory, which would both cost a copy per forward and keep
+/// `GroupQueryAttention` from seeing that its past and present are one buffer.
+fn bind_view(binding: &mut IoBinding, name: &str, value: *const ort::sys::OrtValue) -> Result<()> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| Error::Ort(format!("input name {name:?} holds a NUL byte")))?;
+    let api = ort::api();
+    // SAFETY: the binding and the value are live ONNX Runtime objects (the caller keeps the value
+    // alive until the run that uses the binding has returned); the name is a NUL-terminated
+    // string that outlives the call; a returned status is read and released exactly once.
+    unsafe {
+        let status = (api.BindInput)(binding.ptr_mut(), name.as_ptr(), value);
+        if status.0.is_null() {
+            return Ok(());
+        }
+        let message = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        Err(Error::Ort(format!(
+            "binding input {:?}: {message}",
+            name.to_string_lossy()
+        )))
+    }
 }
 
 /// The bundled demo model (`models/demo`) on one thread, for the crate's unit tests.

@@ -334,12 +334,18 @@ pub fn trt_profiles(s: ProfileShapes) -> (String, String, String) {
         ];
         for l in 0..m.num_layers {
             for pat in [&m.io.past_key, &m.io.past_value] {
-                let row = if m.kv_packed() {
-                    format!("{}", m.num_kv_heads * m.head_dim)
+                let name = IoNames::layer(pat, l);
+                parts.push(if m.kv_in_place() {
+                    // one buffer of the whole context, whatever the past
+                    format!(
+                        "{name}:1x{}x{}x{}",
+                        m.num_kv_heads, s.max_context, m.head_dim
+                    )
+                } else if m.kv_packed() {
+                    format!("{name}:1x{past}x{}", m.num_kv_heads * m.head_dim)
                 } else {
-                    format!("{}x{}", m.num_kv_heads, m.head_dim)
-                };
-                parts.push(format!("{}:1x{past}x{row}", IoNames::layer(pat, l)));
+                    format!("{name}:1x{past}x{}x{}", m.num_kv_heads, m.head_dim)
+                });
             }
         }
         parts.join(",")
@@ -377,5 +383,8 @@ mod tests {
         m.kv_layout = "sequence-major".into();
         let four = opt(&m);
         assert!(four.contains(&format!("past_key_values.1.value:1x64x{kvh}x{hd}")));
+        m.kv_layout = "head-major-shared".into();
+        let shared = opt(&m);
+        assert!(shared.contains(&format!("past_key_values.1.value:1x{kvh}x128x{hd}")));
     }
 }

@@ -48,6 +48,21 @@ fn graphs_without_logits_index_decode_the_same() {
     golden_cases_match(model);
 }
 
+/// A folder whose attention is fused (`export --fused-attention`, kv_layout `head-major-shared`:
+/// the graph writes the cache in place) decodes identically: same tokens, same forwards, in
+/// NTP, SBD and verified SBD.
+#[test]
+fn graphs_with_fused_attention_decode_the_same() {
+    let dir = common::fixture().with_file_name("tiny-llama-fused");
+    let opts = setblock::LoadOptions {
+        threads: Some(1),
+        ..setblock::LoadOptions::default()
+    };
+    let model = std::sync::Arc::new(setblock::Model::load(dir, &opts).unwrap());
+    assert_eq!(model.manifest.kv_layout, "head-major-shared");
+    golden_cases_match(model);
+}
+
 fn golden_cases_match(model: std::sync::Arc<setblock::Model>) {
     let mut session = Session::new(model).unwrap();
     let cases = common::golden();

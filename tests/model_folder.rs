@@ -131,6 +131,12 @@ fn broken_manifests() {
             "kv_layout \"sequence-major\"",
         ),
         (
+            // a standard graph's K/V are [batch, seq, ...]; the in-place layout wants head-major
+            "in-place",
+            Box::new(|v| v["kv_layout"] = "head-major-shared".into()),
+            "wants [batch, kv_heads, capacity, head_dim]",
+        ),
+        (
             "names",
             Box::new(|v| v["io"]["logits"] = "scores".into()),
             "\"scores\"",

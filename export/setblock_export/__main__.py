@@ -99,8 +99,16 @@ def _cmd_export(a: argparse.Namespace) -> None:
         int4_block_size=a.int4_block_size,
         merge_products=not a.no_merge_products,
         int8_method=a.int8_method,
+        fused_attention=a.fused_attention,
     )
     print(f"wrote {a.out}")
+
+
+def _cmd_fuse_attention(a: argparse.Namespace) -> None:
+    from .fused_attention import fuse_folder
+
+    layers = fuse_folder(a.folder, a.out)
+    print(f"wrote {a.out} ({layers} layers' attention fused; kv_layout head-major-shared)")
 
 
 def _cmd_verify(a: argparse.Namespace) -> None:
@@ -194,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on every linear layer (0: full fine-tuning)")
     s.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA alpha (0: twice the rank)")
+    s.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="each layer's attention as ONNX Runtime's GroupQueryAttention, the KV cache written in place "
+        "(kv_layout head-major-shared; CPU and CUDA; docs/model-format.md)",
+    )
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     s.add_argument(
@@ -259,6 +273,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--block-sizes", type=int, nargs="+", default=[2, 16], metavar="K", help="trained range: min max")
     s.add_argument("--gammas", type=float, nargs=2, default=[0.1, 0.35], metavar=("LOW", "HIGH"))
     s.set_defaults(fn=_cmd_export)
+
+    s = sub.add_parser(
+        "fuse-attention",
+        help="an exported folder -> the same model with --fused-attention's graph (no checkpoint needed)",
+    )
+    s.add_argument("--folder", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(fn=_cmd_fuse_attention)
 
     s = sub.add_parser("verify", help="compare the ONNX folder with PyTorch")
     s.add_argument("--folder", type=Path, required=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import KV_SEQUENCE_MAJOR_PACKED, arch
+from . import KV_HEAD_MAJOR_SHARED, KV_SEQUENCE_MAJOR_PACKED, arch
 from .masks import additive, step_allowed
 
 
@@ -53,7 +53,11 @@ class OnnxBackend:
         self.past_names = [n for n in self.names if n.startswith("past_key_values.")]
         # kv_layout "sequence-major-packed" graphs take [B, S, kv_heads * head_dim]; the cache here
         # stays [B, S, kv_heads, head_dim] (the same memory) for every layout.
-        self.packed = json.loads((folder / "setblock.json").read_text())["kv_layout"] == KV_SEQUENCE_MAJOR_PACKED
+        layout = json.loads((folder / "setblock.json").read_text())["kv_layout"]
+        self.packed = layout == KV_SEQUENCE_MAJOR_PACKED
+        # "head-major-shared" graphs (--fused-attention) read the past from, and write this
+        # forward's K/V into, one [B, kv_heads, capacity, head_dim] buffer bound as both
+        self.shared = layout == KV_HEAD_MAJOR_SHARED
 
     def __call__(  # noqa: ANN204
         self,
@@ -69,6 +73,8 @@ class OnnxBackend:
             feed["logits_index"] = np.arange(ids.shape[1], dtype=np.int64) if rows is None else rows
         elif rows is not None:
             raise ValueError("this graph has no logits_index input (exported before it existed)")
+        if self.shared:
+            return self._run_shared(feed, past, ids.shape[1])
         for name, t in zip(self.past_names, past, strict=True):
             feed[name] = t.reshape(t.shape[0], t.shape[1], t.shape[2] * t.shape[3]) if self.packed else t
         out = self.sess.run(None, feed)
@@ -77,6 +83,31 @@ class OnnxBackend:
             hd = past[0].shape[3]
             presents = [p.reshape(p.shape[0], p.shape[1], p.shape[2] // hd, hd) for p in presents]
         return out[0], presents
+
+    def _run_shared(self, feed: dict, past: list[np.ndarray], n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One forward of a ``head-major-shared`` graph: each layer's past copied head-major into a
+        buffer with room for this forward, bound as both past and present; the presents returned
+        are the positions the op wrote, back in the caller's ``[B, S, kv_heads, head_dim]`` form."""
+        import onnxruntime as ort
+
+        binding = self.sess.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("logits")
+        outs = [o.name for o in self.sess.get_outputs()][1:]
+        buffers = []
+        for name, out, t in zip(self.past_names, outs, past, strict=True):
+            b, p, h, d = t.shape
+            buf = np.zeros((b, h, p + n, d), np.float32)
+            buf[:, :, :p] = t.transpose(0, 2, 1, 3)
+            value = ort.OrtValue.ortvalue_from_numpy(buf)
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(out, value)
+            buffers.append((value, p))
+        self.sess.run_with_iobinding(binding)
+        logits = np.array(binding.get_outputs()[0].numpy(), copy=True)
+        presents = [np.array(v.numpy()[:, :, p:].transpose(0, 2, 1, 3), order="C", copy=True) for v, p in buffers]
+        return logits, presents
 
 
 @dataclass

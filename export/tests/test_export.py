@@ -393,3 +393,65 @@ def test_matmuls_sharing_an_input_become_one_product_and_a_split_with_the_same_o
     for got, ref in zip(run(model), want, strict=True):
         assert np.abs(got - ref).max() < 1e-5
     assert fuse_sibling_matmuls(model) == 0  # nothing left to merge
+
+
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_fused_attention_decodes_as_the_standard_graph(tmp_path: Path, tokenizer_obj, quantize: str) -> None:
+    """--fused-attention: one GroupQueryAttention per layer writing the cache in place; the folder
+    verifies and the reference decoder gives the same tokens and forwards as the standard folder's,
+    in NTP, SBD and verified SBD (a block's slots written past the committed positions, then
+    overwritten); fuse-attention on the standard folder gives the same graph's decoding."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj)
+    std = export_folder(ckpt, tmp_path / "std", quantize=quantize)
+    fused = export_folder(ckpt, tmp_path / "fused", quantize=quantize, fused_attention=True)
+    m = json.loads((fused / "setblock.json").read_text())
+    assert m["kv_layout"] == "head-major-shared"
+    g = onnx.load(str(fused / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("GroupQueryAttention") == 2 and not {"Attention", "Concat", "RotaryEmbedding"} & set(ops)
+    kv = [i for i in g.input if i.name.startswith("past_key_values.")]
+    dims = [(d.dim_value, d.dim_param) for d in kv[0].type.tensor_type.shape.dim]
+    assert dims[1][0] == 2 and dims[2][1] == "capacity" and dims[3][0] == 16
+    # verify's checks see the same model: fp32 within its tolerance; int4 of these random weights
+    # fails its judges (27% decisive top-1), as the standard folder does, with the same figures
+    a, b = run_checks(std, ckpt), run_checks(fused, ckpt)
+    assert [r["check"] for r in a] == [r["check"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["max_abs_diff"] == pytest.approx(y["max_abs_diff"], rel=1e-3, abs=1e-4), (x, y)
+    assert verify_folder(fused, ckpt) == (quantize == "none")
+    refolded = tmp_path / "refolded"
+    assert cli("fuse-attention", "--folder", str(std), "--out", str(refolded)) == 0
+    refs = [Reference(f, OnnxBackend(f)) for f in (std, fused, refolded)]
+    prompt = refs[0].tok.encode("Question: sort 42 17 88\nAnswer:").ids
+    for run in (
+        lambda r: r.ntp(prompt, 12),
+        lambda r: r.sbd(prompt, 4, 0.5, 16),
+        lambda r: r.sbd(prompt, 8, 1e9, 16),
+        lambda r: r.sbd_verified(prompt, 4, 0.5, 16),
+    ):
+        a, b, c = (run(r) for r in refs)
+        assert a.tokens == b.tokens == c.tokens and a.forwards == b.forwards == c.forwards
+
+
+def test_fused_attention_is_refused_where_q_k_and_v_are_not_one_product(tmp_path: Path, tokenizer_obj) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    with pytest.raises(ExportError, match="--fused-attention reads Q, K and V from one merged product"):
+        export_folder(ckpt, tmp_path / "a", fused_attention=True, merge_products=False)
+    with pytest.raises(ExportError, match="--int8-method dynamic"):
+        export_folder(ckpt, tmp_path / "a", quantize="int8", int8_method="dynamic", fused_attention=True)
+    assert not (tmp_path / "a").exists()
+    # Qwen3's per-head Q/K norms keep Q and K apart: the rewrite names what is missing
+    q3 = make_checkpoint(tmp_path / "q3", "qwen3", tokenizer_obj, std=0.02)
+    with pytest.raises(ExportError, match="per-head Q/K norms"):
+        export_folder(q3, tmp_path / "b", fused_attention=True)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+    # fuse-attention: a folder already fused, or not a folder, is refused naming the problem
+    fused = export_folder(ckpt, tmp_path / "f", fused_attention=True)
+    from setblock_export.fused_attention import fuse_folder
+
+    with pytest.raises(ExportError, match="kv_layout 'head-major-shared'.*re-export"):
+        fuse_folder(fused, tmp_path / "g")
+    with pytest.raises(ExportError, match="no setblock.json"):
+        fuse_folder(tmp_path / "ckpt", tmp_path / "g")
+    with pytest.raises(ExportError, match="already exists"):
+        fuse_folder(fused, fused)
