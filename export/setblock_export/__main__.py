@@ -202,12 +202,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on every linear layer (0: full fine-tuning)")
     s.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA alpha (0: twice the rank)")
-    s.add_argument(
-        "--fused-attention",
-        action="store_true",
-        help="each layer's attention as ONNX Runtime's GroupQueryAttention, the KV cache written in place "
-        "(kv_layout head-major-shared; CPU and CUDA; docs/model-format.md)",
-    )
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     s.add_argument(
@@ -267,6 +261,12 @@ def parser() -> argparse.ArgumentParser:
         "--no-merge-products",
         action="store_true",
         help="keep Q|K, V, gate and up as separate MatMuls (the graph before the merge, to time against it)",
+    )
+    s.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="each layer's attention as ONNX Runtime's GroupQueryAttention, the KV cache written in place "
+        "(kv_layout head-major-shared; CPU and CUDA; docs/model-format.md)",
     )
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--default-block-size", type=int, default=None, help="the runtime's block size for this model")

@@ -433,8 +433,11 @@ def test_fused_attention_decodes_as_the_standard_graph(tmp_path: Path, tokenizer
         assert a.tokens == b.tokens == c.tokens and a.forwards == b.forwards == c.forwards
 
 
-def test_fused_attention_is_refused_where_q_k_and_v_are_not_one_product(tmp_path: Path, tokenizer_obj) -> None:
+def test_fused_attention_is_refused_where_q_k_and_v_are_not_one_product(tmp_path: Path, tokenizer_obj, capsys) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", "llama", tokenizer_obj, std=0.02)
+    args = ("export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), "--fused-attention")
+    assert cli(*args, "--no-merge-products") != 0
+    assert "--fused-attention reads Q, K and V from one merged product" in capsys.readouterr().err
     with pytest.raises(ExportError, match="--fused-attention reads Q, K and V from one merged product"):
         export_folder(ckpt, tmp_path / "a", fused_attention=True, merge_products=False)
     with pytest.raises(ExportError, match="--int8-method dynamic"):
