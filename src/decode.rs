@@ -665,7 +665,11 @@ impl Decoder<'_> {
                 }
             }
             if let Some(p) = policy.as_deref_mut() {
-                p.observe(k, end, forwards);
+                if end == k {
+                    p.observe(k, end, forwards);
+                } else {
+                    p.observe_cut();
+                }
             }
             clock.blocks += 1;
             if let Some(reason) = self.emit(&block[..end], forwards, &mut out, &mut clock, on) {

@@ -140,6 +140,8 @@ pub struct AutoPolicy {
     retry_after: usize,
     /// The block in flight was a retry, not a block predicted to pay.
     probing: bool,
+    /// Per candidate k (as `seen`): blocks run at other sizes since k was last run.
+    idle: Vec<usize>,
 }
 
 /// What an `auto` generation learned of the text, for the next generation of the same session:
@@ -150,6 +152,7 @@ pub struct AutoPolicy {
 pub struct AutoMemory {
     seen: Vec<(usize, f64, f64)>,
     retry_after: usize,
+    idle: Vec<(usize, usize)>,
 }
 
 /// NTP steps after which the best SBD block size is tried again (the text may have become
@@ -159,11 +162,18 @@ const RETRY: usize = 32;
 const RETRY_MAX: usize = 1024;
 /// Weight of the past per observed block: recent blocks count more.
 const DECAY: f64 = 0.8;
+/// Blocks at other sizes after which a block size is run once more, where it could pay more
+/// than the size chosen: its estimate is only updated when it runs, so a few bad blocks (or,
+/// for a size never run, the nearest size's rate) would otherwise retire it for good (the demo
+/// int4 with the fused attention: blocks of 4 at 3.5-4 tokens a forward chosen for good over
+/// blocks of 8, estimated at 5.3 or at 4 when never run, while they averaged 7.7 under fixed SBD).
+const STALE: usize = 8;
 
 impl AutoPolicy {
     /// A fresh policy over `curve`, correcting it from observed forward times.
     pub fn new(curve: CostCurve) -> Self {
-        let seen = curve.blocks.iter().map(|b| (b.0, 0.0, 0.0)).collect();
+        let seen: Vec<_> = curve.blocks.iter().map(|b| (b.0, 0.0, 0.0)).collect();
+        let seen_len = seen.len();
         AutoPolicy {
             learned: Some(Learned::new(&curve)),
             live: curve.clone(),
@@ -172,6 +182,7 @@ impl AutoPolicy {
             ntp_run: 0,
             retry_after: RETRY,
             probing: false,
+            idle: vec![0; seen_len],
         }
     }
 
@@ -183,6 +194,11 @@ impl AutoPolicy {
             }
         }
         self.retry_after = memory.retry_after;
+        for (s, idle) in self.seen.iter().zip(self.idle.iter_mut()) {
+            if let Some(m) = memory.idle.iter().find(|m| m.0 == s.0) {
+                *idle = m.1;
+            }
+        }
     }
 
     /// What this generation learned, for the next one.
@@ -190,6 +206,12 @@ impl AutoPolicy {
         AutoMemory {
             seen: self.seen.clone(),
             retry_after: self.retry_after,
+            idle: self
+                .seen
+                .iter()
+                .map(|s| s.0)
+                .zip(self.idle.clone())
+                .collect(),
         }
     }
 
@@ -287,10 +309,33 @@ impl AutoPolicy {
             .iter()
             .filter_map(|&(k, ..)| Some((k, curve.sbd_rate(k, self.tau(k))?)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
+        if std::env::var("SB_DEBUG_AUTO").is_ok() {
+            eprintln!(
+                "AUTO best {:?} ntp {:.0} ntp_run {} retry {} taus {:?} live {:?} learned {:?}",
+                best,
+                curve.ntp_rate(),
+                self.ntp_run,
+                self.retry_after,
+                self.seen
+                    .iter()
+                    .map(|s| (s.0, if s.2 > 0.0 { s.1 / s.2 } else { -1.0 }))
+                    .collect::<Vec<_>>(),
+                curve,
+                self.learned
+            );
+        }
         match best {
             Some((k, rate)) if rate > curve.ntp_rate() || self.ntp_run >= self.retry_after => {
                 self.probing = rate <= curve.ntp_rate();
                 self.ntp_run = 0;
+                let k = if self.probing {
+                    k
+                } else {
+                    self.stale(k, rate).unwrap_or(k)
+                };
+                for (s, idle) in self.seen.iter().zip(self.idle.iter_mut()) {
+                    *idle = if s.0 == k { 0 } else { *idle + 1 };
+                }
                 Step::Block(k)
             }
             _ => {
@@ -298,6 +343,24 @@ impl AutoPolicy {
                 Step::Ntp
             }
         }
+    }
+
+    /// A block size other than `k` (rate `rate`) not run in the last `STALE` blocks that would
+    /// beat `rate` revealing its whole block a forward; the longest idle. Never-run sizes too: the
+    /// estimate of a size not yet run is the nearest run size's rate, capped at its k, so a
+    /// larger size that first lost to a smaller one (on the curve alone) would never be run.
+    fn stale(&self, k: usize, rate: f64) -> Option<usize> {
+        self.seen
+            .iter()
+            .zip(&self.idle)
+            .filter(|(s, &idle)| s.0 != k && idle >= STALE)
+            .filter(|(s, _)| {
+                self.live
+                    .sbd_rate(s.0, s.0 as f64)
+                    .is_some_and(|r| r > rate)
+            })
+            .max_by_key(|(s, &idle)| (idle, s.0))
+            .map(|(s, _)| s.0)
     }
 
     /// Record a finished block: `tokens` revealed in `forwards` forwards at block size `k`.
@@ -317,6 +380,15 @@ impl AutoPolicy {
                 (self.retry_after * 2).min(RETRY_MAX)
             };
         }
+    }
+
+    /// A block the text ended inside (EOS, or the token limit cut it to fewer than k slots): not
+    /// counted. Its tokens per forward measure where the answer ended, not what blocks of k
+    /// reveal, and since every answer's last block is one, the most recent block (the one
+    /// weighted most, and remembered into the next generation) would make every size look worse
+    /// than it is. A retry in flight is inconclusive: the next one comes after the same interval.
+    pub fn observe_cut(&mut self) {
+        self.probing = false;
     }
 
     /// The cost curve it started from.
@@ -476,6 +548,60 @@ mod tests {
         p.observe_forward(Shape::Next(3), 1.0); // not a priced shape: ignored
         p.observe_forward(Shape::Ntp, f64::NAN);
         assert_eq!(p.corrected().ntp / cpu().ntp, f);
+    }
+
+    #[test]
+    fn a_block_size_whose_estimate_went_stale_is_run_again() {
+        // cpu() without 16: 8 is the best size when blocks reveal everything
+        let mut curve = cpu();
+        curve.blocks.retain(|b| b.0 <= 8);
+        let mut p = AutoPolicy::new(curve);
+        p.observe(2, 2, 2);
+        p.observe(8, 8, 4); // two bad blocks of 8: tau 2
+        p.observe(4, 4, 1); // blocks of 4 reveal everything
+        let mut eights = 0;
+        for _ in 0..40 {
+            match p.choose() {
+                Step::Block(8) => {
+                    eights += 1;
+                    p.observe(8, 8, 1) // ...and so do blocks of 8, once run again
+                }
+                Step::Block(k) => p.observe(k, k, 1),
+                Step::Ntp => panic!("blocks pay here"),
+            }
+        }
+        // run again every STALE blocks until its estimate recovers, then chosen for what it is
+        assert!(eights > 40 / (STALE + 1) + 1, "{eights} blocks of 8 in 40");
+        assert_eq!(p.choose(), Step::Block(8));
+        assert!(p.tau(8) > 7.0, "{}", p.tau(8));
+        // 2 was observed too, but would not beat 4 even revealing its whole block: never run
+        assert_eq!(p.seen[0], (2, 2.0, 2.0));
+        // the idle counts travel with the memory to the next generation
+        let mut q = AutoPolicy::new(p.curve.clone());
+        q.remember(&p.memory());
+        assert_eq!(q.memory(), p.memory());
+    }
+
+    #[test]
+    fn a_block_the_text_ended_in_is_not_counted() {
+        let mut p = AutoPolicy::new(cpu());
+        for k in [16, 8, 4, 2] {
+            p.observe(k, k, 1);
+        }
+        let before = p.memory();
+        p.observe_cut();
+        assert_eq!(p.memory(), before);
+        // a retry cut short neither doubles nor resets the interval
+        let mut q = AutoPolicy::new(cpu());
+        for k in [16, 8, 4, 2] {
+            q.observe(k, k, k);
+        }
+        for _ in 0..RETRY {
+            assert_eq!(q.choose(), Step::Ntp);
+        }
+        assert!(matches!(q.choose(), Step::Block(_)));
+        q.observe_cut();
+        assert_eq!(q.memory().retry_after, RETRY);
     }
 
     #[test]
