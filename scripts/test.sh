@@ -30,6 +30,8 @@ cargo run --quiet --example soak -- --model models/demo --generations 300 --samp
 
 echo "== C ABI example (gcc -Werror against bindings/include/setblock.h)"
 bindings/examples/c/run.sh tests/fixtures/tiny-llama "sort 3 1 2" > /dev/null
+# the same through the C ABI on a folder whose graph writes the KV cache in place (--fused-attention)
+bindings/examples/c/run.sh tests/fixtures/tiny-llama-fused "sort 3 1 2" > /dev/null
 
 echo "== Python binding (uniffi)"
 bindings/python/build.sh
