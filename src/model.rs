@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{Shape, TensorRef, TensorRefMut};
 use ort::AsPointer;
 use serde::Serialize;
@@ -764,8 +764,7 @@ impl Model {
         let outputs = session.run_with_options(inputs, run);
         buf.run_seconds += t0.elapsed().as_secs_f64();
         let outputs = outputs?;
-        let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
-        self.keep_logits(logits, n, buf)?;
+        self.keep_logits(&outputs, n, buf)?;
         if causal > 0 {
             for (l, (k, v)) in self.present_names.iter().enumerate() {
                 let (_, keys) = outputs[k.as_str()].try_extract_tensor::<f32>()?;
@@ -777,8 +776,14 @@ impl Model {
         Ok(())
     }
     /// Copy the rows the caller reads (`buf.rows`) of a forward's logits into `buf.logits`.
-    fn keep_logits(&self, logits: &[f32], n: usize, buf: &mut StepBuffers) -> Result<()> {
+    fn keep_logits(
+        &self,
+        outputs: &SessionOutputs<'_>,
+        n: usize,
+        buf: &mut StepBuffers,
+    ) -> Result<()> {
         let m = &self.manifest;
+        let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
         let vocab = m.vocab_size;
         let rows = if m.io.logits_index.is_some() {
             buf.rows.len()
@@ -886,8 +891,7 @@ impl Model {
         let outputs = session.run_binding_with_options(binding, run);
         buf.run_seconds += t0.elapsed().as_secs_f64();
         let outputs = outputs?;
-        let (_, logits) = outputs[m.io.logits.as_str()].try_extract_tensor::<f32>()?;
-        self.keep_logits(logits, n, buf)?;
+        self.keep_logits(&outputs, n, buf)?;
         drop(outputs);
         cache.advance(causal);
         Ok(())

@@ -37,12 +37,7 @@ fn every_golden_case_matches_tokens_and_forwards() {
 /// A folder exported before `logits_index` (every row's logits computed) decodes identically.
 #[test]
 fn graphs_without_logits_index_decode_the_same() {
-    let dir = common::fixture().with_file_name("tiny-llama-full-logits");
-    let opts = setblock::LoadOptions {
-        threads: Some(1),
-        ..setblock::LoadOptions::default()
-    };
-    let model = std::sync::Arc::new(setblock::Model::load(dir, &opts).unwrap());
+    let model = common::model_at("tiny-llama-full-logits");
     assert!(model.manifest.io.logits_index.is_none());
     assert!(common::model().manifest.io.logits_index.is_some());
     golden_cases_match(model);
@@ -53,12 +48,7 @@ fn graphs_without_logits_index_decode_the_same() {
 /// NTP, SBD and verified SBD.
 #[test]
 fn graphs_with_fused_attention_decode_the_same() {
-    let dir = common::fixture().with_file_name("tiny-llama-fused");
-    let opts = setblock::LoadOptions {
-        threads: Some(1),
-        ..setblock::LoadOptions::default()
-    };
-    let model = std::sync::Arc::new(setblock::Model::load(dir, &opts).unwrap());
+    let model = common::model_at("tiny-llama-fused");
     assert_eq!(model.manifest.kv_layout, "head-major-shared");
     golden_cases_match(model);
 }

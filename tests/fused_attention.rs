@@ -8,17 +8,12 @@ mod common;
 
 use std::sync::Arc;
 
-use setblock::{GenerateOptions, LoadOptions, Mode, Model, Selection, Session};
+use setblock::{GenerateOptions, Mode, Model, Selection, Session};
 
 fn fused() -> Arc<Model> {
-    let dir = common::fixture().with_file_name("tiny-llama-fused");
-    let opts = LoadOptions {
-        threads: Some(1),
-        ..LoadOptions::default()
-    };
-    let model = Model::load(dir, &opts).expect("tests/fixtures/tiny-llama-fused");
+    let model = common::model_at("tiny-llama-fused");
     assert!(model.manifest.kv_in_place());
-    Arc::new(model)
+    model
 }
 
 fn sbd(k: usize, gamma: f64, max_new: usize) -> GenerateOptions {
@@ -75,30 +70,16 @@ fn multi_turn_and_replayed_conversations_equal_the_standard_folders() {
 #[test]
 fn the_cache_after_sbd_blocks_equals_a_fresh_causal_prefill() {
     let model = fused();
-    let mut s = Session::new(model.clone()).unwrap();
     let prompt: Vec<u32> = model
         .tokenizer
         .encode("sort 4 2 9 1", false)
         .unwrap()
         .get_ids()
         .to_vec();
-    s.generate_tokens(&prompt, &sbd(8, 0.5, 40), &mut |_| {})
-        .unwrap();
-    let committed = s.cache().len();
-    assert!(committed > prompt.len());
-    let mut fresh = Session::new(model).unwrap();
-    let one = GenerateOptions {
-        mode: Mode::Ntp,
-        max_new_tokens: 1,
-        ..GenerateOptions::default()
-    };
-    fresh
-        .generate_tokens(&s.context_tokens()[..committed], &one, &mut |_| {})
-        .unwrap();
-    assert_eq!(fresh.cache().len(), committed);
     // the block slots' K/V written past the committed positions were overwritten, never kept
-    let worst = s.cache().max_abs_diff(fresh.cache());
-    assert!(worst < 1e-4, "max abs diff {worst}");
+    let (_, committed, _) =
+        common::assert_cache_after_sbd_equals_a_causal_prefill(model, &prompt, &sbd(8, 0.5, 40));
+    assert!(committed > prompt.len());
 }
 
 #[test]

@@ -27,6 +27,46 @@ pub fn model() -> Arc<Model> {
     .clone()
 }
 
+/// Another fixture folder beside tiny-llama (`tiny-llama-fused`, ...) with one intra-op thread.
+pub fn model_at(name: &str) -> Arc<Model> {
+    let opts = LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    };
+    let dir = fixture().with_file_name(name);
+    Arc::new(Model::load(&dir, &opts).unwrap_or_else(|e| panic!("load {}: {e}", dir.display())))
+}
+
+/// After `opts` (an SBD generation) on `prompt`, the session's cache equals the cache of a fresh
+/// session that prefilled the committed tokens causally: block slots leave nothing behind.
+/// Returns (tokens generated, positions committed, tokens in the context).
+pub fn assert_cache_after_sbd_equals_a_causal_prefill(
+    model: Arc<Model>,
+    prompt: &[u32],
+    opts: &setblock::GenerateOptions,
+) -> (usize, usize, usize) {
+    let mut s = setblock::Session::new(model.clone()).unwrap();
+    let generated = s
+        .generate_tokens(prompt, opts, &mut |_| {})
+        .unwrap()
+        .tokens
+        .len();
+    let committed = s.cache().len();
+    let mut fresh = setblock::Session::new(model).unwrap();
+    let one = setblock::GenerateOptions {
+        mode: setblock::Mode::Ntp,
+        max_new_tokens: 1,
+        ..setblock::GenerateOptions::default()
+    };
+    fresh
+        .generate_tokens(&s.context_tokens()[..committed], &one, &mut |_| {})
+        .unwrap();
+    assert_eq!(fresh.cache().len(), committed);
+    let worst = s.cache().max_abs_diff(fresh.cache());
+    assert!(worst < 1e-4, "max abs diff {worst}");
+    (generated, committed, s.context_tokens().len())
+}
+
 /// One case of golden.json.
 #[derive(serde::Deserialize, Debug)]
 pub struct Case {
