@@ -29,6 +29,9 @@ struct Args {
     /// Intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The SBD runs' EB-Sampler budget (default: the model's gamma_low).
+    #[arg(long)]
+    gamma: Option<f64>,
     /// Write the results here.
     #[arg(long)]
     json: Option<String>,
@@ -165,6 +168,9 @@ fn main() -> anyhow::Result<()> {
                 let o = GenerateOptions {
                     mode,
                     block_size: Some(a.block_size),
+                    selection: a
+                        .gamma
+                        .map(|gamma| setblock::Selection::EbEntropy { gamma }),
                     max_new_tokens: 96,
                     constraint: with.then(|| c.clone()),
                     forced_tokens: forced,
