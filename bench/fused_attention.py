@@ -3,6 +3,7 @@
     .venv/bin/python bench/fused_attention.py demo --precision fp32    # models/demo (3M), 1 thread
     .venv/bin/python bench/fused_attention.py demo --precision int4    # bench/benchmarks.py's demo int4
     .venv/bin/python bench/fused_attention.py smollm2                  # SmolLM2-135M-SBD int4, 2 threads
+    .venv/bin/python bench/fused_attention.py demo-wide                # 110M int4 (bench/make_bench_models.py)
 
 Per round, in turn (the order reversed every other round, so drift hits all three alike):
 onnxruntime-genai's own build of the same weights (`bench/genai_run.py`), this runtime on the
@@ -93,6 +94,23 @@ def demo(precision: str, per_task: int, rounds: int) -> tuple[str, dict]:
     return f"demo-{precision}", {"prompts": 3 * per_task, "threads": 1, "systems": three_way(cmds, rounds)}
 
 
+def demo_wide(per_task: int, rounds: int) -> tuple[str, dict]:
+    """The demo's function in a SmolLM2-sized network, int4 (`bench/make_bench_models.py --only demo-wide`)."""
+    ours = b.BENCH_MODELS / "demo-wide-int4"
+    if not (ours / "setblock.json").exists():
+        raise SystemExit(f"{ours} is not built: run .venv/bin/python bench/make_bench_models.py --only demo-wide")
+    fused = fuse(ours, b.BENCH_MODELS / "demo-wide-int4-fused")
+    genai_dir = b.genai_model(b.BENCH_MODELS / "demo-wide-ckpt", b.BENCH_MODELS / "genai-demo-wide-int4", "int4")
+    prompts = b.prompts_file(per_task)
+    genai = [sys.executable, str(b.ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
+    cmds = {
+        "genai": [*genai, "--threads", "1"],
+        "standard": b.bench_cmd(ours, prompts, 1, "--ntp-only"),
+        "fused": b.bench_cmd(fused, prompts, 1, "--ntp-only"),
+    }
+    return "demo-wide-int4", {"prompts": 3 * per_task, "threads": 1, "systems": three_way(cmds, rounds)}
+
+
 def smollm2(per_task: int, rounds: int) -> tuple[str, dict]:
     import smollm2_results as s
 
@@ -117,13 +135,15 @@ def smollm2(per_task: int, rounds: int) -> tuple[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=["demo", "smollm2"])
+    ap.add_argument("model", choices=["demo", "demo-wide", "smollm2"])
     ap.add_argument("--precision", choices=["fp32", "int4"], default="int4", help="demo only (smollm2: int4)")
-    ap.add_argument("--per-task", type=int, default=None, help="prompts per task (demo 100, smollm2 10)")
+    ap.add_argument("--per-task", type=int, default=None, help="prompts per task (demo 100, demo-wide 30, smollm2 10)")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     if a.model == "demo":
         key, res = demo(a.precision, a.per_task or 100, a.rounds)
+    elif a.model == "demo-wide":
+        key, res = demo_wide(a.per_task or 30, a.rounds)
     else:
         key, res = smollm2(a.per_task or 10, a.rounds)
     all_res = json.loads(OUT.read_text()) if OUT.exists() else {}

@@ -775,6 +775,7 @@ impl Model {
         }
         Ok(())
     }
+
     /// Copy the rows the caller reads (`buf.rows`) of a forward's logits into `buf.logits`.
     fn keep_logits(
         &self,
