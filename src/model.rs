@@ -76,6 +76,9 @@ pub struct ModelInfo {
     pub quantization: String,
     /// How the weights were quantized, where the manifest records it (e.g. int4's accuracy level).
     pub quantization_options: Option<QuantizationOptions>,
+    /// The manifest's `kv_layout` (`head-major-shared`: the graph writes the KV cache in place,
+    /// `export --fused-attention`).
+    pub kv_layout: String,
     /// Whether a chat template is applied by default.
     pub chat_template: bool,
     /// Mask token id.
@@ -682,6 +685,7 @@ impl Model {
             gamma: (m.gamma.low, m.gamma.high),
             quantization: m.quantization.clone(),
             quantization_options: m.quantization_options.clone(),
+            kv_layout: m.kv_layout.clone(),
             chat_template: self.template.is_some(),
             mask_token_id: m.mask_token_id,
         }

@@ -13,6 +13,7 @@ use setblock::{GenerateOptions, Mode, Model, Selection, Session};
 fn fused() -> Arc<Model> {
     let model = common::model_at("tiny-llama-fused");
     assert!(model.manifest.kv_in_place());
+    assert_eq!(model.info().kv_layout, "head-major-shared");
     model
 }
 

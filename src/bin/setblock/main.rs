@@ -444,9 +444,15 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
         i.max_context, i.max_positions
     );
     println!(
-        "KV cache budget  {:.2} MiB per session ({} bytes per position)",
+        "KV cache budget  {:.2} MiB per session ({} bytes per position; layout {}{})",
         mib(i.kv_cache_bytes as u64),
-        i.kv_bytes_per_token
+        i.kv_bytes_per_token,
+        i.kv_layout,
+        if i.kv_layout == setblock::manifest::KV_HEAD_MAJOR_SHARED {
+            ", written in place by the graph's fused attention"
+        } else {
+            ""
+        }
     );
     println!("providers        {}", i.execution_providers.join(" > "));
     println!("ONNX Runtime     {}", i.ort_library.display());
