@@ -81,8 +81,15 @@ def fuse_attention(model: onnx.ModelProto, *, num_heads: int, kv_heads: int, hea
             )
         if any(readers.get(t, 0) != 1 for t in (rot.input[0], n.input[0])):
             raise FuseError(f"attention node {n.name!r}: Q or K is read elsewhere; the rewrite would drop it")
+        rot_attrs = {a.name: helper.get_attribute_value(a) for a in rot.attribute}
+        if rot_attrs.get("rotary_embedding_dim", 0) not in (0, head_dim):
+            raise FuseError(
+                f"attention node {n.name!r}: the rotary turns {rot_attrs['rotary_embedding_dim']} of {head_dim} "
+                "dimensions per head; export without --fused-attention"
+            )
         scale = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "scale"), None)
         attrs = {"num_heads": num_heads, "kv_num_heads": kv_heads, "do_rotary": 1, "causal": 0}
+        attrs["rotary_interleaved"] = int(rot_attrs.get("interleaved", 0))
         if scale is not None:
             attrs["scale"] = scale
         fused[id(n)] = helper.make_node(
