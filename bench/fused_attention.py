@@ -79,18 +79,22 @@ def three_way(cmds: dict[str, list[str]], rounds: int) -> dict[str, dict]:
     return summary
 
 
+def ntp_cmds(genai_dir: Path, ours: Path, fused: Path, prompts: Path, threads: int, *genai_extra: str) -> dict:
+    """The three systems' commands: genai's harness, and `setblock bench --ntp-only` on both folders."""
+    genai = [sys.executable, str(b.ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
+    return {
+        "genai": [*genai, "--threads", str(threads), *genai_extra],
+        "standard": b.bench_cmd(ours, prompts, threads, "--ntp-only"),
+        "fused": b.bench_cmd(fused, prompts, threads, "--ntp-only"),
+    }
+
+
 def demo(precision: str, per_task: int, rounds: int) -> tuple[str, dict]:
     ours = b.ROOT / "models" / "demo" if precision == "fp32" else b.demo_int4()
     fused = fuse(ours, b.BENCH_MODELS / f"demo-{precision}-fused")
     genai_dir = b.BENCH_MODELS / ("genai-demo" if precision == "fp32" else "genai-demo-int4")
     b.genai_model(b.demo_checkpoint(), genai_dir, precision)
-    prompts = b.prompts_file(per_task)
-    genai = [sys.executable, str(b.ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
-    cmds = {
-        "genai": [*genai, "--threads", "1"],
-        "standard": b.bench_cmd(ours, prompts, 1, "--ntp-only"),
-        "fused": b.bench_cmd(fused, prompts, 1, "--ntp-only"),
-    }
+    cmds = ntp_cmds(genai_dir, ours, fused, b.prompts_file(per_task), 1)
     return f"demo-{precision}", {"prompts": 3 * per_task, "threads": 1, "systems": three_way(cmds, rounds)}
 
 
@@ -101,13 +105,7 @@ def demo_wide(per_task: int, rounds: int) -> tuple[str, dict]:
         raise SystemExit(f"{ours} is not built: run .venv/bin/python bench/make_bench_models.py --only demo-wide")
     fused = fuse(ours, b.BENCH_MODELS / "demo-wide-int4-fused")
     genai_dir = b.genai_model(b.BENCH_MODELS / "demo-wide-ckpt", b.BENCH_MODELS / "genai-demo-wide-int4", "int4")
-    prompts = b.prompts_file(per_task)
-    genai = [sys.executable, str(b.ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
-    cmds = {
-        "genai": [*genai, "--threads", "1"],
-        "standard": b.bench_cmd(ours, prompts, 1, "--ntp-only"),
-        "fused": b.bench_cmd(fused, prompts, 1, "--ntp-only"),
-    }
+    cmds = ntp_cmds(genai_dir, ours, fused, b.prompts_file(per_task), 1)
     return "demo-wide-int4", {"prompts": 3 * per_task, "threads": 1, "systems": three_way(cmds, rounds)}
 
 
@@ -124,12 +122,7 @@ def smollm2(per_task: int, rounds: int) -> tuple[str, dict]:
         rows += f.read_text().splitlines()
     prompts = s.WORK / f"fused-{per_task}.jsonl"
     prompts.write_text("\n".join(rows) + "\n")
-    genai = [sys.executable, str(b.ROOT / "bench" / "genai_run.py"), str(genai_dir), str(prompts)]
-    cmds = {
-        "genai": [*genai, "--threads", "2", "--rendered"],
-        "standard": b.bench_cmd(ours, prompts, 2, "--ntp-only"),
-        "fused": b.bench_cmd(fused, prompts, 2, "--ntp-only"),
-    }
+    cmds = ntp_cmds(genai_dir, ours, fused, prompts, 2, "--rendered")
     return "smollm2-135m-sbd-int4", {"prompts": len(rows), "threads": 2, "systems": three_way(cmds, rounds)}
 
 
