@@ -508,7 +508,20 @@ impl Model {
             max_block: m.block_sizes.max,
         };
         let (session, used) =
-            ort_env::build_session(env, &graph, opts.threads.unwrap_or(0), &providers, shapes)?;
+            ort_env::build_session(env, &graph, opts.threads.unwrap_or(0), &providers, shapes)
+                .map_err(|e| match e {
+                    Error::Graph { path, message } if m.kv_in_place() => Error::Graph {
+                        path,
+                        message: format!(
+                            "{message} (this folder was exported with --fused-attention: its graph \
+                             needs ONNX Runtime's GroupQueryAttention with causal=0 and an \
+                             attention_bias, as the ONNX Runtime scripts/setup.sh installs runs \
+                             it; with another ONNX Runtime, use a folder exported without \
+                             --fused-attention)"
+                        ),
+                    },
+                    e => e,
+                })?;
         let graph_inputs = session.inputs().len();
         if 2 * m.num_layers > graph_inputs {
             return Err(Error::Graph {
@@ -570,14 +583,7 @@ impl Model {
     fn check_last_position(&self, graph: &Path) -> Result<()> {
         let m = &self.manifest;
         let last = self.max_context - 1;
-        let mut cache = KvCache::with_layout(
-            m.num_layers,
-            m.num_kv_heads,
-            m.head_dim,
-            1,
-            self.kv_layout(),
-        )
-        .ok_or_else(|| Error::Graph {
+        let mut cache = self.cache_of(1).ok_or_else(|| Error::Graph {
             path: graph.to_path_buf(),
             message: "one position of KV cache cannot be allocated".into(),
         })?;
@@ -627,30 +633,27 @@ impl Model {
     /// cannot be had.
     pub fn new_cache(&self) -> Result<KvCache> {
         let m = &self.manifest;
-        KvCache::with_layout(
-            m.num_layers,
-            m.num_kv_heads,
-            m.head_dim,
-            self.max_context,
-            self.kv_layout(),
-        )
-        .ok_or_else(|| Error::InvalidOption {
-            option: "max_context",
-            value: self.max_context.to_string(),
-            constraint: format!(
-                "the KV cache ({} MiB) cannot be allocated; lower max_context",
-                m.kv_bytes_per_token().saturating_mul(self.max_context) >> 20
-            ),
-        })
+        self.cache_of(self.max_context)
+            .ok_or_else(|| Error::InvalidOption {
+                option: "max_context",
+                value: self.max_context.to_string(),
+                constraint: format!(
+                    "the KV cache ({} MiB) cannot be allocated; lower max_context",
+                    m.kv_bytes_per_token().saturating_mul(self.max_context) >> 20
+                ),
+            })
     }
 
-    /// The cache layout the graph reads (its manifest's `kv_layout`).
-    fn kv_layout(&self) -> KvLayout {
-        if self.manifest.kv_in_place() {
+    /// A cache of `capacity` positions in the layout the graph reads (its manifest's
+    /// `kv_layout`); `None` when it cannot be had.
+    fn cache_of(&self, capacity: usize) -> Option<KvCache> {
+        let m = &self.manifest;
+        let layout = if m.kv_in_place() {
             KvLayout::HeadMajor
         } else {
             KvLayout::SequenceMajor
-        }
+        };
+        KvCache::with_layout(m.num_layers, m.num_kv_heads, m.head_dim, capacity, layout)
     }
 
     /// Facts about the model and its memory budget.
@@ -838,9 +841,8 @@ impl Model {
         ];
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let mut slot = self.in_place.lock().unwrap_or_else(|e| e.into_inner());
-        let buffers: Vec<usize> = cache.buffer_addresses().collect();
-        let bound =
-            matches!(&*slot, Some(b) if b.buffers == buffers && b.capacity == cache.capacity());
+        let bound = matches!(&*slot, Some(b) if b.capacity == cache.capacity()
+            && b.buffers.iter().copied().eq(cache.buffer_addresses()));
         if !bound {
             *slot = None;
             let cpu = &self.cpu_memory;
@@ -869,7 +871,7 @@ impl Model {
             }
             *slot = Some(InPlaceBinding {
                 binding,
-                buffers,
+                buffers: cache.buffer_addresses().collect(),
                 capacity: cache.capacity(),
             });
         }

@@ -8,10 +8,14 @@ use serde_json::Value;
 use setblock::{Error, ExecutionProvider, LoadOptions, Model};
 
 fn copy_fixture() -> (tempfile::TempDir, PathBuf) {
+    copy_folder(&common::fixture())
+}
+
+fn copy_folder(src: &Path) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     std::fs::create_dir(&dir).unwrap();
-    for e in std::fs::read_dir(common::fixture()).unwrap() {
+    for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
     }
@@ -384,4 +388,28 @@ fn quantization_options_are_read_and_shown() {
     });
     let e = load_err(&dir);
     assert!(e.contains("quantization_options.accuracy_level"), "{e}");
+}
+
+/// A fused-attention folder that this ONNX Runtime cannot load (here its graph names an operator
+/// domain no runtime has, as an ONNX Runtime without the op would fail) says which export it is
+/// and what to use instead.
+#[test]
+fn a_fused_attention_graph_that_fails_to_load_names_the_export_option() {
+    let (_tmp, dir) = copy_folder(&common::fixture().with_file_name("tiny-llama-fused"));
+    let path = dir.join("model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // the same length, so the protobuf stays well formed: every com.microsoft op unresolvable
+    let (from, to) = (b"com.microsoft".as_slice(), b"com.microsofx".as_slice());
+    let mut hits = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits > 0);
+    std::fs::write(&path, bytes).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("exported with --fused-attention"), "{e}");
+    assert!(e.contains("exported without --fused-attention"), "{e}");
 }
