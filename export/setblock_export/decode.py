@@ -53,11 +53,18 @@ class OnnxBackend:
         self.past_names = [n for n in self.names if n.startswith("past_key_values.")]
         # kv_layout "sequence-major-packed" graphs take [B, S, kv_heads * head_dim]; the cache here
         # stays [B, S, kv_heads, head_dim] (the same memory) for every layout.
-        layout = json.loads((folder / "setblock.json").read_text())["kv_layout"]
-        self.packed = layout == KV_SEQUENCE_MAJOR_PACKED
+        manifest = json.loads((folder / "setblock.json").read_text())
+        self.packed = manifest["kv_layout"] == KV_SEQUENCE_MAJOR_PACKED
         # "head-major-shared" graphs (--fused-attention) read the past from, and write this
-        # forward's K/V into, one [B, kv_heads, capacity, head_dim] buffer bound as both
-        self.shared = layout == KV_HEAD_MAJOR_SHARED
+        # forward's K/V into, one [B, kv_heads, capacity, head_dim] buffer bound as both: each
+        # past input's present output, by the manifest's names
+        self.shared = manifest["kv_layout"] == KV_HEAD_MAJOR_SHARED
+        io = manifest["io"]
+        self.present_of = {
+            io[f"past_{kv}"] % i: io[f"present_{kv}"] % i
+            for i in range(manifest["num_layers"])
+            for kv in ("key", "value")
+        }
 
     def __call__(  # noqa: ANN204
         self,
@@ -94,15 +101,14 @@ class OnnxBackend:
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output("logits")
-        outs = [o.name for o in self.sess.get_outputs()][1:]
         buffers = []
-        for name, out, t in zip(self.past_names, outs, past, strict=True):
+        for name, t in zip(self.past_names, past, strict=True):
             b, p, h, d = t.shape
             buf = np.zeros((b, h, p + n, d), np.float32)
             buf[:, :, :p] = t.transpose(0, 2, 1, 3)
             value = ort.OrtValue.ortvalue_from_numpy(buf)
             binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(out, value)
+            binding.bind_ortvalue_output(self.present_of[name], value)
             buffers.append((value, p))
         self.sess.run_with_iobinding(binding)
         logits = np.array(binding.get_outputs()[0].numpy(), copy=True)

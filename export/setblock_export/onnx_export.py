@@ -274,12 +274,14 @@ def export_folder(
     return out
 
 
-def _export_graph(model: nn.Module, path: Path, *, fuse_matmuls: bool = True) -> str:
+def _export_graph(model: nn.Module, path: Path, *, fuse_matmuls: bool = True, fused_attention: bool = False) -> str:
     """Trace ``model`` to ``path``; returns the name of its external weights file.
 
     ``fuse_matmuls``: merge the matrix products that share an input (:func:`fuse_sibling_matmuls`);
-    off for per-tensor int8, whose one scale would then span two weight matrices of different ranges."""
-    layers, _, kv_heads, head_dim = arch.dims(model.config)
+    off for per-tensor int8, whose one scale would then span two weight matrices of different ranges.
+    ``fused_attention``: then each layer's attention as one ``GroupQueryAttention``
+    (:func:`.fused_attention.fuse_attention`; needs the merged products)."""
+    layers, heads, kv_heads, head_dim = arch.dims(model.config)
     b, s, p = 2, 5, 3  # never 0 or 1: the dynamo exporter would specialise them
     ids = torch.randint(0, model.config.vocab_size, (b, s))
     pos = torch.arange(p, p + s).repeat(b, 1)
@@ -316,6 +318,13 @@ def _export_graph(model: nn.Module, path: Path, *, fuse_matmuls: bool = True) ->
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     if fuse_matmuls:
         fuse_sibling_matmuls(proto)
+    if fused_attention:
+        from .fused_attention import FuseError, fuse_attention
+
+        try:
+            fuse_attention(proto, num_heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+        except FuseError as e:
+            raise ExportError(f"--fused-attention: {e}") from e
     return save_graph(proto, path)
 
 
@@ -388,26 +397,15 @@ def _write(model, tok, checkpoint, tmp, name, mask_id, mask_source, quant, bs, g
     graph = tmp / "model.onnx"
     quantize = quant.kind
     if quantize == "none":
-        weights = _export_graph(model, graph, fuse_matmuls=merge)
+        weights = _export_graph(model, graph, fuse_matmuls=merge, fused_attention=fused)
     else:
         raw = tmp / "fp32.onnx"
-        _export_graph(model, raw, fuse_matmuls=merge and quant.nbits is not None)
+        _export_graph(model, raw, fuse_matmuls=merge and quant.nbits is not None, fused_attention=fused)
         if _quantize(raw, graph, quant):
             quant = dataclasses.replace(quant, embedding=quant.kind)
         for f in tmp.glob("fp32.onnx*"):
             f.unlink()
         weights = save_graph(onnx.load(str(graph)), graph)
-    if fused:
-        from .fused_attention import FuseError, fuse_attention
-
-        proto = onnx.load(str(graph))
-        try:
-            fuse_attention(proto, num_heads=heads, kv_heads=kv_heads, head_dim=head_dim)
-        except FuseError as e:
-            raise ExportError(f"--fused-attention: {e}") from e
-        for f in tmp.glob("model.onnx*"):
-            f.unlink()
-        weights = save_graph(proto, graph)
     tok.save_pretrained(tmp)
     # The runtime reads the chat template from tokenizer_config.json.
     tc_path = tmp / "tokenizer_config.json"
