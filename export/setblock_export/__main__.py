@@ -266,7 +266,7 @@ def parser() -> argparse.ArgumentParser:
         "--fused-attention",
         action="store_true",
         help="each layer's attention as ONNX Runtime's GroupQueryAttention, the KV cache written in place "
-        "(kv_layout head-major-shared; CPU and CUDA; docs/model-format.md)",
+        "(kv_layout head-major-shared; measured on CPU; docs/model-format.md)",
     )
     s.add_argument("--add-mask-token", action="store_true", help="add <|mask|> when the model has none")
     s.add_argument("--default-block-size", type=int, default=None, help="the runtime's block size for this model")

@@ -16,8 +16,9 @@ slot's K/V past the committed positions too; the runtime never counts them (they
 by the next forward), which is the exactness the sequence-major layout had by copying only the
 clean rows.
 
-ONNX Runtime's contrib op: CPU and CUDA run it; an execution provider without it (CoreML, NNAPI,
-XNNPACK) hands those nodes back to the CPU provider, so the default export stays the portable one.
+ONNX Runtime's contrib op, measured here on its CPU provider only (this form, causal=0 with a bias,
+is untried on CUDA); an execution provider without it (CoreML, NNAPI, XNNPACK) hands those nodes
+back to the CPU provider, so the default export stays the portable one.
 """
 
 from __future__ import annotations
