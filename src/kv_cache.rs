@@ -123,13 +123,13 @@ impl KvCache {
 
     /// The committed keys of `layer`: `[len, kv_heads, head_dim]` (sequence-major; a head-major
     /// cache's committed keys are [`KvCache::committed`]'s runs).
-    pub fn past_keys(&self, layer: usize) -> &[f32] {
+    pub(crate) fn past_keys(&self, layer: usize) -> &[f32] {
         debug_assert_eq!(self.layout, KvLayout::SequenceMajor);
         &self.keys[layer][..self.len * self.row]
     }
 
     /// The committed values of `layer` (as [`KvCache::past_keys`]).
-    pub fn past_values(&self, layer: usize) -> &[f32] {
+    pub(crate) fn past_values(&self, layer: usize) -> &[f32] {
         debug_assert_eq!(self.layout, KvLayout::SequenceMajor);
         &self.values[layer][..self.len * self.row]
     }
@@ -188,7 +188,7 @@ impl KvCache {
 
     /// Append the first `n` positions of this forward's presents (`[seq, kv_heads, head_dim]`).
     /// The caller commits each layer, then calls [`KvCache::advance`] once.
-    pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32], n: usize) {
+    pub(crate) fn write(&mut self, layer: usize, keys: &[f32], values: &[f32], n: usize) {
         debug_assert_eq!(self.layout, KvLayout::SequenceMajor);
         let (start, count) = (self.len * self.row, n * self.row);
         self.keys[layer][start..start + count].copy_from_slice(&keys[..count]);
