@@ -3,7 +3,8 @@
 //! without a grammar, SBD + grammar (without and with forced tokens) and verified SBD + grammar:
 //! the validity of the outputs, how many equal NTP + grammar's, forwards per output and per
 //! generated token (an output that grows lowers the second, not the first), forced tokens,
-//! decode tokens/s and the grammar's share of the generation's time.
+//! decode tokens/s and the grammar's share of the generation's time. `--from-text` adds the
+//! nested schema and the date on requests whose text holds the values (an extraction app's use).
 //!
 //! ```sh
 //! cargo run --release --example structured -- --model models/demo --json docs/structured_output.json
@@ -40,6 +41,12 @@ struct Args {
     /// "extract fields" schema, decoded on these requests instead of the word problems.
     #[arg(long)]
     extract: Option<String>,
+    /// Add "nested + arrays, from text" and "regex date, from text": the nested schema and the
+    /// date regex on requests whose text holds the values to write (a person, a count and a list
+    /// of numbers; a date in words), as an extraction app sends them. The word-problem rows ask
+    /// for a record or a date the text does not hold, so their values are the model's guesses.
+    #[arg(long)]
+    from_text: bool,
 }
 
 /// The schema of the SmolLM2 mix's `extract` task (export/setblock_export/mix.py): a person or
@@ -107,6 +114,34 @@ fn constraints() -> Vec<(&'static str, Constraint)> {
     ]
 }
 
+/// The "from text" requests (`--from-text`): the values the constraint asks for are in the text.
+fn text_prompt(name: &str, i: usize) -> String {
+    const NAMES: [&str; 10] = [
+        "Mia", "Omar", "Lena", "Tom", "Ana", "Raj", "Zoe", "Ivan", "Kira", "Ben",
+    ];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    if name.starts_with("regex date") {
+        let (day, month, year) = (1 + (i * 7) % 28, MONTHS[(i * 5) % 12], 2020 + i % 10);
+        format!("{} wrote: \"The parcel arrived on {day} {month} {year}.\" Write the date of arrival as YYYY-MM-DD.", NAMES[i % 10])
+    } else {
+        let (boxes, a, b, c) = (2 + i % 9, 10 + 3 * i, 4 + i, 25 + 2 * i);
+        format!("{} packed {boxes} boxes. The box counts on the three shelves were {a}, {b} and {c}. Write the person (name, boxes) and the shelf counts as steps, in JSON.", NAMES[i % 10])
+    }
+}
+
 fn prompt(i: usize) -> String {
     let (a, b, c, d) = (2 + i % 7, 3 + i % 5, 1 + i % 9, 1 + i % 4);
     format!("Ned has {a} boxes of eggs. Each box holds {b} eggs. Ned finds {c} more eggs. Ned gives {d} eggs to Ann. How many eggs does Ned have now?")
@@ -152,10 +187,19 @@ fn main() -> anyhow::Result<()> {
     println!("| constraint | run | valid | same as NTP + grammar | tokens/output | forwards/output | forwards/token | forced tokens | decode tokens/s | grammar share of time |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let extract = a.extract.as_deref().map(extract_requests).transpose()?;
-    let mut all = constraints();
+    let mut all: Vec<(String, Constraint)> = constraints()
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+    if a.from_text {
+        let from = |n: &str| all.iter().find(|(m, _)| m == n).map(|(_, c)| c.clone());
+        let (nested, date) = (from("nested + arrays"), from("regex date"));
+        all.extend(nested.map(|c| ("nested + arrays, from text".to_string(), c)));
+        all.extend(date.map(|c| ("regex date, from text".to_string(), c)));
+    }
     if extract.is_some() {
         all.push((
-            "extract fields",
+            "extract fields".to_string(),
             Constraint::JsonSchema(EXTRACT_SCHEMA.into()),
         ));
     }
@@ -177,8 +221,9 @@ fn main() -> anyhow::Result<()> {
                     verify,
                     ..GenerateOptions::default()
                 };
-                let text = match (&extract, name) {
+                let text = match (&extract, name.as_str()) {
                     (Some(x), "extract fields") => x[i % x.len()].clone(),
+                    (_, n) if n.ends_with(", from text") => text_prompt(n, i),
                     _ => prompt(i),
                 };
                 let out = Session::new(model.clone())?.generate(&text, &o, |_| {})?;
