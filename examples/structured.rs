@@ -114,8 +114,9 @@ fn constraints() -> Vec<(&'static str, Constraint)> {
     ]
 }
 
-/// The "from text" requests (`--from-text`): the values the constraint asks for are in the text.
-fn text_prompt(name: &str, i: usize) -> String {
+/// The "from text" requests (`--from-text`): the values the constraint asks for are in the text;
+/// with the answer that copies them (the date as text, the record as JSON).
+fn text_prompt(name: &str, i: usize) -> (String, serde_json::Value) {
     const NAMES: [&str; 10] = [
         "Mia", "Omar", "Lena", "Tom", "Ana", "Raj", "Zoe", "Ivan", "Kira", "Ben",
     ];
@@ -133,12 +134,25 @@ fn text_prompt(name: &str, i: usize) -> String {
         "November",
         "December",
     ];
+    let who = NAMES[i % 10];
     if name.starts_with("regex date") {
-        let (day, month, year) = (1 + (i * 7) % 28, MONTHS[(i * 5) % 12], 2020 + i % 10);
-        format!("{} wrote: \"The parcel arrived on {day} {month} {year}.\" Write the date of arrival as YYYY-MM-DD.", NAMES[i % 10])
+        let (day, month, year) = (1 + (i * 7) % 28, (i * 5) % 12, 2020 + i % 10);
+        let text = format!("{who} wrote: \"The parcel arrived on {day} {} {year}.\" Write the date of arrival as YYYY-MM-DD.", MONTHS[month]);
+        (text, format!("{year}-{:02}-{day:02}", month + 1).into())
     } else {
         let (boxes, a, b, c) = (2 + i % 9, 10 + 3 * i, 4 + i, 25 + 2 * i);
-        format!("{} packed {boxes} boxes. The box counts on the three shelves were {a}, {b} and {c}. Write the person (name, boxes) and the shelf counts as steps, in JSON.", NAMES[i % 10])
+        let text = format!("{who} packed {boxes} boxes. The box counts on the three shelves were {a}, {b} and {c}. Write the person (name, boxes) and the shelf counts as steps, in JSON.");
+        let answer =
+            serde_json::json!({"person": {"name": who, "boxes": boxes}, "steps": [a, b, c]});
+        (text, answer)
+    }
+}
+
+/// True when `text` is `answer`: the same string, or JSON equal to it.
+fn is_right(text: &str, answer: &serde_json::Value) -> bool {
+    match answer {
+        serde_json::Value::String(want) => text.trim() == want,
+        _ => serde_json::from_str::<serde_json::Value>(text.trim()).is_ok_and(|v| &v == answer),
     }
 }
 
@@ -158,6 +172,8 @@ struct Sum {
     decode_ms: f64,
     grammar_ms: f64,
     total_ms: f64,
+    /// Outputs equal to the answer (the "from text" requests, which have one).
+    right: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,14 +237,18 @@ fn main() -> anyhow::Result<()> {
                     verify,
                     ..GenerateOptions::default()
                 };
-                let text = match (&extract, name.as_str()) {
-                    (Some(x), "extract fields") => x[i % x.len()].clone(),
-                    (_, n) if n.ends_with(", from text") => text_prompt(n, i),
-                    _ => prompt(i),
+                let (text, answer) = match (&extract, name.as_str()) {
+                    (Some(x), "extract fields") => (x[i % x.len()].clone(), None),
+                    (_, n) if n.ends_with(", from text") => {
+                        let (t, want) = text_prompt(n, i);
+                        (t, Some(want))
+                    }
+                    _ => (prompt(i), None),
                 };
                 let out = Session::new(model.clone())?.generate(&text, &o, |_| {})?;
                 let st = &out.stats;
                 s.n += 1;
+                s.right += usize::from(answer.is_some_and(|w| is_right(&out.text, &w)));
                 s.valid += usize::from(satisfies(&model, &c, &out.tokens)?);
                 if reference.len() < a.prompts {
                     reference.push(out.tokens.clone());
@@ -248,6 +268,7 @@ fn main() -> anyhow::Result<()> {
                 "forwards_per_token": s.forwards as f64 / s.tokens.max(1) as f64,
                 "decode_tokens_per_s": s.tokens as f64 / (s.decode_ms / 1e3),
                 "grammar_share": s.grammar_ms / s.total_ms,
+                "right": name.ends_with(", from text").then_some(s.right),
             });
             println!(
                 "| {name} | {run} | {}/{} | {}/{} | {:.1} | {:.1} | {:.3} | {} | {:.0} | {:.1}% |",
@@ -264,6 +285,16 @@ fn main() -> anyhow::Result<()> {
             );
             rows.push(row);
         }
+    }
+    // the "from text" requests have an answer: the outputs that copy the text's values right
+    for r in rows.iter().filter(|r| !r["right"].is_null()) {
+        println!(
+            "- {} / {}: {}/{} outputs right",
+            r["constraint"].as_str().unwrap_or_default(),
+            r["run"].as_str().unwrap_or_default(),
+            r["right"],
+            r["outputs"]
+        );
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)? + "\n")?;
