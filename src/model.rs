@@ -515,9 +515,9 @@ impl Model {
                         message: format!(
                             "{message} (this folder was exported with --fused-attention: its graph \
                              needs ONNX Runtime's GroupQueryAttention with causal=0 and an \
-                             attention_bias, as the ONNX Runtime scripts/setup.sh installs runs \
-                             it; with another ONNX Runtime, use a folder exported without \
-                             --fused-attention)"
+                             attention_bias, which the ONNX Runtime that scripts/setup.sh \
+                             installs has; with another ONNX Runtime, use a folder exported \
+                             without --fused-attention)"
                         ),
                     },
                     e => e,
