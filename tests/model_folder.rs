@@ -401,7 +401,7 @@ fn a_fused_attention_graph_that_fails_to_load_names_the_export_option() {
     // the same length, so the protobuf stays well formed: every com.microsoft op unresolvable
     let (from, to) = (b"com.microsoft".as_slice(), b"com.microsofx".as_slice());
     let mut hits = 0;
-    for i in 0..bytes.len() - from.len() {
+    for i in 0..=bytes.len() - from.len() {
         if &bytes[i..i + from.len()] == from {
             bytes[i..i + from.len()].copy_from_slice(to);
             hits += 1;
