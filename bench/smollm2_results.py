@@ -32,6 +32,10 @@ earlier ones; ``report`` only redraws docs/results-smollm2.md and the plot from 
   package (fetched with ``apt-get download``), never in the training mix.
 - ``ppl-candidates``: the same perplexity for the adapter folders named by ``--adapters`` (a later
   stage or another recipe, not the shipped ones), kept in the results file, not in the report.
+- ``table-candidates``: Table 1's SBD rows for the adapters named by ``--adapters``: each exported
+  once to an fp32 folder under runs/smollm2-results/candidates/ (kept while its weights are the
+  same), then its NTP decoding and SBD at its gamma low on the same held-out problems (``--limit``),
+  kept under ``table_candidates``, not in the report (the model card quotes them).
 - ``extract-schema``: the extract task's held-out problems (``--limit``) decoded under the task's JSON
   schema (bench/extract.schema.json, also examples/structured.rs's): NTP + grammar and SBD + grammar
   at the manifest's gammas, plain and verified, beside Table 1's unconstrained extract rows
@@ -79,6 +83,7 @@ SECTIONS = [
     "speed",
     "ppl",
     "ppl-candidates",
+    "table-candidates",
     "general",
     "extract-schema",
     "report",
@@ -453,6 +458,12 @@ def devil_text() -> str:
     return text[text.index("PREFACE") :]  # after the dictd header and the edition notice
 
 
+def base_gguf() -> Path:
+    """The pinned base's gguf (scripts/fetch-smollm2.sh fetches it once and prints its path)."""
+    fetch = [str(ROOT / "scripts" / "fetch-smollm2.sh")]
+    return Path(subprocess.run(fetch, check=True, capture_output=True, text=True).stdout.strip())
+
+
 def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, base gguf path, chunks tensor)
     """The exporter's hf module (adapters find their base through SETBLOCK_LORA_BASE, set here), the
     base's gguf and the held-out text as ``windows`` rows of ``length`` tokens of the SBD adapter's
@@ -463,8 +474,7 @@ def _held_out(windows: int, length: int):  # noqa: ANN202 - (hf module, base ggu
     from setblock_export import hf
 
     torch.set_num_threads(2)
-    fetch = [str(ROOT / "scripts" / "fetch-smollm2.sh")]
-    gguf = Path(subprocess.run(fetch, check=True, capture_output=True, text=True).stdout.strip())
+    gguf = base_gguf()
     os.environ["SETBLOCK_LORA_BASE"] = str(gguf)
     tok = hf.load_tokenizer(adapter_dir("sbd"))
     ids = tok(devil_text(), add_special_tokens=False)["input_ids"]
@@ -523,6 +533,61 @@ def section_ppl_candidates(res: dict, adapters: list[Path], windows: int, length
             "tokens_per_window": length,
         }
         print(f"perplexity {adapter} ({sha}): {ppl:.3f}")
+
+
+def candidate_folder(adapter: Path) -> tuple[Path, str]:
+    """``adapter`` exported to fp32 as scripts/smollm2-sbd.sh exports the shipped one (blocks 2..16,
+    default 8), under runs/smollm2-results/candidates/; exported again only when its weights change.
+    The folder and the weights' sha256."""
+    sys.path.insert(0, str(ROOT / "export"))
+    from setblock_export import hf
+
+    weights_file = adapter / "adapter_model.safetensors"
+    if not weights_file.exists():
+        raise SystemExit(f"--adapters {adapter}: no adapter_model.safetensors there")
+    sha = hf.sha256(weights_file)
+    out = WORK / "candidates" / f"{adapter.resolve().name}-fp32"
+    stamp = out / ".built-from-adapter"
+    if stamp.exists() and stamp.read_text().strip() == sha:
+        return out, sha
+    shutil.rmtree(out, ignore_errors=True)
+    export = [sys.executable, "-m", "setblock_export", "export", "--checkpoint", str(adapter), "--out", str(out)]
+    export += ["--quantize", "none", "--block-sizes", "2", "16", "--default-block-size", str(BLOCK)]
+    subprocess.run(export, check=True, env={**os.environ, "SETBLOCK_LORA_BASE": str(base_gguf())})
+    stamp.write_text(sha + "\n")
+    return out, sha
+
+
+def section_table_candidates(res: dict, adapters: list[Path], limit: int | None) -> None:
+    """Table 1's SBD-model rows (NTP decoding, SBD at gamma low; accuracy and forwards) for adapters
+    that are not the shipped one, kept under ``table_candidates`` by path with their weights'
+    sha256 prefix, and a line per adapter beside the twin's accuracies when the table has them."""
+    if not adapters:
+        raise SystemExit("table-candidates: name the adapter folders with --adapters DIR [DIR ...]")
+    files = prompt_files(limit)
+    # the twin's accuracy where the table decoded the same problems (not with another --limit)
+    twin = {t: r["ntp_twin"] for t, r in res.get("table", {}).get("tasks", {}).items()}
+    out = res.setdefault("table_candidates", {})
+    for adapter in adapters:
+        folder, sha = candidate_folder(adapter)
+        low = json.loads((folder / "setblock.json").read_text())["gamma"]["low"]
+        extra = ("--block-size", str(BLOCK), "--gammas", str(low))
+        entry: dict = {"adapter_sha256": sha[:12], "block_size": BLOCK, "gamma": low, "folder": "fp32", "tasks": {}}
+        with ThreadPoolExecutor(2) as pool:  # accuracy and forwards only: two halves on the two cores
+            jobs = {t: [pool.submit(bench, folder, h, 1, *extra) for h in halves(f)] for t, f in files.items()}
+            for task, parts in jobs.items():
+                ntp, *sbd = merge_bench([j.result() for j in parts])
+                entry["tasks"][task] = {"problems": ntp["prompts"], "sbd_ntp": ntp, "sbd": sbd}
+        out[str(adapter)] = entry
+        OUT.write_text(json.dumps(res, indent=1))
+        for task, row in entry["tasks"].items():
+            same = task in twin and twin[task]["prompts"] == row["problems"]
+            vs = f" (twin {twin[task]['accuracy']:.1f})" if same else ""
+            sbd = row["sbd"][0]
+            print(
+                f"{adapter} {task}: NTP decoding {row['sbd_ntp']['accuracy']:.1f}{vs}, SBD gamma {low} "
+                f"{sbd['accuracy']:.1f} at {sbd['forward_reduction_vs_ntp']:.2f}x fewer forwards"
+            )
 
 
 def section_general(res: dict) -> None:
@@ -763,7 +828,7 @@ def report(res: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # the default: every result of the shipped adapters
-    every = [s for s in SECTIONS if s not in ("ppl-candidates", "report")]
+    every = [s for s in SECTIONS if s not in ("ppl-candidates", "table-candidates", "report")]
     ap.add_argument("sections", nargs="*", default=every, choices=SECTIONS)
     ap.add_argument(
         "--limit", type=int, default=None, help="problems per task for the table and extract-schema (default: all 300)"
@@ -784,7 +849,9 @@ def main() -> None:
     ap.add_argument("--speed-folders", nargs="+", choices=["int8", "int4", "fp32"], help="speed: only these folders")
     ap.add_argument("--rounds", type=int, default=3, help="onnxruntime-genai head-to-head rounds")
     ap.add_argument("--ppl-windows", type=int, default=48)
-    ap.add_argument("--adapters", nargs="+", type=Path, default=[], help="ppl-candidates: the adapter folders")
+    ap.add_argument(
+        "--adapters", nargs="+", type=Path, default=[], help="ppl-candidates, table-candidates: the adapter folders"
+    )
     ap.add_argument("--folder", choices=["fp32", "int8"], default="fp32", help="the folders decoded for accuracy")
     a = ap.parse_args()
     global FOLDER  # noqa: PLW0603 - one setting for every section
@@ -809,6 +876,8 @@ def main() -> None:
             section_ppl(res, a.ppl_windows, 512)
         elif s == "ppl-candidates":
             section_ppl_candidates(res, a.adapters, a.ppl_windows, 512)
+        elif s == "table-candidates":
+            section_table_candidates(res, a.adapters, a.limit)
         elif s == "general":
             section_general(res)
         elif s == "extract-schema":
